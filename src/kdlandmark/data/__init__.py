@@ -1,0 +1,1 @@
+"""Reading, synthesising, preparing and augmenting face data."""
