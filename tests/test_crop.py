@@ -1,0 +1,44 @@
+"""The shared box -> crop geometry."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdlandmark.data.crop import (
+    apply_affine,
+    crop_affine,
+    from_model_coords,
+    invert_affine,
+    square_box,
+    to_model_coords,
+)
+
+boxes = st.tuples(st.floats(-50, 500), st.floats(-50, 500), st.floats(5, 400), st.floats(5, 400)).map(
+    lambda t: (t[0], t[1], t[0] + t[2], t[1] + t[3]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(box=boxes, size=st.integers(16, 512), margin=st.floats(0.0, 0.5))
+def test_box_centre_maps_to_crop_centre_and_square_side_to_size(box, size, margin) -> None:
+    a = crop_affine(box, size, margin)
+    cx, cy, side = square_box(box, margin)
+    centre = apply_affine(a, np.array([[cx, cy]]))[0]
+    np.testing.assert_allclose(centre, [(size - 1) / 2] * 2, atol=1e-6)
+    corners = apply_affine(a, np.array([[cx - side / 2, cy - side / 2], [cx + side / 2, cy + side / 2]]))
+    np.testing.assert_allclose(corners, [[-0.5, -0.5], [size - 0.5, size - 0.5]], atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(box=boxes, size=st.integers(16, 512), seed=st.integers(0, 1000))
+def test_affine_round_trip_and_model_coords_round_trip(box, size, seed) -> None:
+    pts = np.random.default_rng(seed).uniform(-100, 600, (7, 2))
+    a = crop_affine(box, size)
+    np.testing.assert_allclose(apply_affine(invert_affine(a), apply_affine(a, pts)), pts, atol=1e-6)
+    crop_pts = apply_affine(a, pts)
+    np.testing.assert_allclose(from_model_coords(to_model_coords(crop_pts, size), size), crop_pts,
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_model_coords_span_minus_half_to_half() -> None:
+    size = 224
+    np.testing.assert_allclose(to_model_coords(np.array([[-0.5, size - 0.5]]), size), [[-0.5, 0.5]])
