@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/kdlandmark demo --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests docs
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -q
