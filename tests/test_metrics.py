@@ -39,7 +39,8 @@ def test_known_error_distribution_gives_known_failure_rate_and_auc() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 20.0), name=st.sampled_from(["300w", "wflw", "cofw"]))
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 20.0),
+       name=st.sampled_from(["300w", "wflw", "cofw"]))
 def test_nme_is_invariant_to_scaling_image_and_landmarks_together(seed, scale, name) -> None:
     lay = get_layout(name)
     rng = np.random.default_rng(seed)
