@@ -61,9 +61,47 @@ def _cmd_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _cmd_asm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("asm", help="fit the shape model, store soft landmarks")
+    p.add_argument("--data", type=Path, required=True, help="prepared-set folder")
+    p.add_argument("--variance", type=float, default=0.9, help="share of shape variance kept (0-1]")
+    p.add_argument("--no-procrustes", action="store_true", help="PCA on crop shapes as the authors' code")
+    p.add_argument("--out", type=Path, default=None, help="model and picture folder (default DATA/asm)")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.shape.soften import soften_prepared
+
+        soften_prepared(a.data, a.variance, procrustes=not a.no_procrustes, out=a.out)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _cmd_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="print throughput figures of this machine")
+    p.add_argument("target", choices=["data"], help="data: synthesis, prepare and augmentation rates")
+    p.add_argument("--count", type=int, default=300, help="faces to synthesise / prepare")
+    p.add_argument("--size", type=int, default=256, help="image / stored crop side")
+    p.add_argument("--input-size", type=int, default=224, help="model input side for augmentation")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--device", default=None, help="augmentation device (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.bench import bench_data
+
+        bench_data(count=a.count, size=a.size, input_size=a.input_size, batch=a.batch, device=a.device,
+                   workers=a.workers)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _cmd_synth,
     _cmd_prepare,
+    _cmd_asm,
+    _cmd_bench,
 ]
 
 
