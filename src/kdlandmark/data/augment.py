@@ -1,0 +1,407 @@
+"""Batched, on-device augmentation: stored uint8 crops -> model-ready float tensors and model coordinates.
+
+Everything here is pure tensor work on the batch's own device (CPU or CUDA), with no per-sample Python
+loop over images:
+
+* one random similarity per sample (rotation, scale, translation, horizontal flip) built as a batched
+  2x3 matrix, applied to the images with a single ``F.affine_grid`` + ``F.grid_sample`` that produces
+  the ``out_size`` model input directly, and applied to every landmark set with the same matrices;
+* colour jitter (brightness, contrast, saturation), Gaussian blur with a per-sample sigma (one grouped
+  separable convolution over the samples that are blurred), Gaussian noise and cutout (random
+  rectangles filled with noise or grey) -- all with masks over the batch.
+
+Geometry (docs/DATA_PIPELINE.md has the derivation).  Stored crops are ``S x S`` and were cut with
+``crop_affine(box, S, context_margin)``; the model's at-rest view is the central part of side
+``view_scale * S`` with ``view_scale = (1 + 2 * margin) / (1 + 2 * context_margin)``, i.e. exactly the
+crop ``crop_affine(box, out_size, margin)`` of the original image.  Let ``u = (p - (S - 1) / 2) /
+(view_scale * S)`` be a stored point ``p`` in at-rest model coordinates.  A sample's augmentation is
+``m = M u + t`` with ``M = s R(theta) F`` (``F = diag(-1, 1)`` when flipped); ``m`` is the returned model
+coordinate ``(q - (out - 1) / 2) / out`` of output pixel ``q``.  With ``align_corners=False`` a grid value
+``g`` addresses pixel ``(g + 1) * S / 2 - 1/2``, so ``g_in = 2 view_scale u`` and ``g_out = 2 m``: the
+sampling matrix is ``theta = view_scale M^-1 [I | -2t]``.  Pixel centres sit at integers everywhere,
+as in :mod:`kdlandmark.data.crop`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdlandmark.layouts import Layout
+
+__all__ = ["AugmentConfig", "BatchAugmenter", "benchmark_augment"]
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
+
+#: ITU-R BT.601 luma weights for RGB, used for saturation and grey-level statistics.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation applied by :class:`BatchAugmenter` in training mode.
+
+    Defaults suit face landmarks at the paper's scale (the official code augments offline with
+    scale 0.7-1.3, rotation up to 0.55 rad, noise, colour changes and crop jitter; REFERENCE.md 2).
+    Setting a field to 0 (or a probability to 0, or a range to ``(1, 1)``) turns that operation off.
+
+    Attributes:
+        rotation_deg: rotation angle drawn uniformly from ``[-rotation_deg, rotation_deg]`` degrees.
+        scale: zoom factor drawn uniformly from this range; ``> 1`` makes the face larger in the output.
+        translate: shift drawn uniformly from ``[-translate, translate]`` per axis, as a fraction of the
+            output side (0.08 moves the face by up to 8 % of the model input).
+        flip_prob: probability of a horizontal mirror; landmark indices are then permuted with the
+            layout's flip table, so index i still names the same facial part.
+        brightness: brightness factor drawn from ``[1 - brightness, 1 + brightness]`` (multiplies RGB).
+        contrast: contrast factor drawn from ``[1 - contrast, 1 + contrast]`` around the image's mean grey.
+        saturation: saturation factor drawn from ``[1 - saturation, 1 + saturation]`` around each pixel's
+            grey value (0 gives a grey image).
+        blur_prob: probability that a sample is blurred by a Gaussian.
+        blur_sigma: Gaussian standard deviation range in output pixels, drawn uniformly per sample.
+        noise_prob: probability that a sample gets additive Gaussian pixel noise.
+        noise_std: noise standard deviation range (on the [0, 1] intensity scale), drawn per sample.
+        cutout_prob: probability that a sample gets one occluding rectangle (teaches robustness to
+            occlusion, as in COFW).
+        cutout_size: rectangle width and height, each drawn uniformly from this range as a fraction of
+            the output side; the centre is uniform over the image, so a rectangle may be clipped.
+        cutout_fill: ``"noise"`` (uniform random pixels) or ``"grey"`` (one random grey level per sample).
+    """
+
+    rotation_deg: float = 30.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.08
+    flip_prob: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    noise_prob: float = 0.2
+    noise_std: tuple[float, float] = (0.01, 0.05)
+    cutout_prob: float = 0.3
+    cutout_size: tuple[float, float] = (0.1, 0.35)
+    cutout_fill: str = "noise"
+
+    def __post_init__(self) -> None:
+        self.scale = (float(self.scale[0]), float(self.scale[1]))
+        self.blur_sigma = (float(self.blur_sigma[0]), float(self.blur_sigma[1]))
+        self.noise_std = (float(self.noise_std[0]), float(self.noise_std[1]))
+        self.cutout_size = (float(self.cutout_size[0]), float(self.cutout_size[1]))
+        for name in ("flip_prob", "blur_prob", "noise_prob", "cutout_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {v}")
+        for name in ("rotation_deg", "translate", "brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"AugmentConfig.{name} must be <= 1 (factor range 1 +- value)")
+        for name, lo_min in (("scale", 1e-6), ("blur_sigma", 1e-6), ("noise_std", 0.0), ("cutout_size", 0.0)):
+            lo, hi = getattr(self, name)
+            if not lo_min <= lo <= hi:
+                raise ValueError(f"AugmentConfig.{name} must be a range (lo, hi) with {lo_min} <= lo <= hi, "
+                                 f"got {(lo, hi)}")
+        if self.cutout_fill not in ("noise", "grey"):
+            raise ValueError(f"AugmentConfig.cutout_fill must be 'noise' or 'grey', got {self.cutout_fill!r}")
+
+    @classmethod
+    def geometric_only(cls, **overrides: object) -> AugmentConfig:
+        """Rotation, scale, translation and flip only (no photometric changes); fields overridable."""
+        base: dict[str, object] = dict(brightness=0.0, contrast=0.0, saturation=0.0, blur_prob=0.0,
+                                       noise_prob=0.0, cutout_prob=0.0)
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """No augmentation at all (training mode then equals the at-rest view)."""
+        return cls.geometric_only(rotation_deg=0.0, scale=(1.0, 1.0), translate=0.0, flip_prob=0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Column layout of the one table of per-sample uniforms drawn per call (fixed, so a seed reproduces a batch).
+_U_ROT, _U_SCALE, _U_TX, _U_TY, _U_FLIP, _U_BRIGHT, _U_CONTRAST, _U_SAT = range(8)
+_U_BLUR, _U_SIGMA, _U_NOISE, _U_NOISE_STD = range(8, 12)
+_U_CUT, _U_CUT_W, _U_CUT_H, _U_CUT_X, _U_CUT_Y, _U_GREY = range(12, 18)
+_NUM_UNIFORMS = 18
+
+
+class BatchAugmenter:
+    """Turns a batch of stored crops into model inputs and model-coordinate targets.
+
+    Args:
+        layout: landmark layout (its flip permutation is applied to mirrored samples).
+        stored_size: side ``S`` of the stored crops (``PreparedSet.size``).
+        out_size: side of the model input produced.
+        view_scale: fraction of the stored side the model sees at rest,
+            ``(1 + 2 * margin) / (1 + 2 * context_margin)`` (``PreparedSet`` stores both margins).
+        config: random augmentation for training mode; None uses :class:`AugmentConfig` defaults.
+    """
+
+    def __init__(self, layout: Layout, stored_size: int, out_size: int, view_scale: float,
+                 config: AugmentConfig | None = None) -> None:
+        if stored_size <= 0 or out_size <= 0:
+            raise ValueError(f"sizes must be positive, got stored_size={stored_size}, out_size={out_size}")
+        if not 0.0 < view_scale <= 4.0:
+            raise ValueError(f"view_scale must be in (0, 4], got {view_scale}")
+        self.layout = layout
+        self.stored_size = int(stored_size)
+        self.out_size = int(out_size)
+        self.view_scale = float(view_scale)
+        self.config = config if config is not None else AugmentConfig()
+        self._flip = torch.as_tensor(layout.flip_array, dtype=torch.long)
+        self._flip_cache: dict[torch.device, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ coordinates
+    def model_to_stored(self, coords: ArrayOrTensor) -> ArrayOrTensor:
+        """At-rest model coordinates -> stored-crop pixels (the inverse of the eval-mode mapping).
+
+        Map a prediction back to the original image with ``apply_affine(invert_affine(affine), p)``
+        using the stored affine of the sample.
+        """
+        c = (self.stored_size - 1) / 2.0
+        k = self.view_scale * self.stored_size
+        if isinstance(coords, torch.Tensor):
+            return coords * k + c
+        return (np.asarray(coords, dtype=np.float64) * k + c).astype(np.float32)
+
+    def stored_to_model(self, points: ArrayOrTensor) -> ArrayOrTensor:
+        """Stored-crop pixels -> at-rest model coordinates (what eval mode returns for landmarks)."""
+        c = (self.stored_size - 1) / 2.0
+        k = self.view_scale * self.stored_size
+        if isinstance(points, torch.Tensor):
+            return (points - c) / k
+        return ((np.asarray(points, dtype=np.float64) - c) / k).astype(np.float32)
+
+    # ------------------------------------------------------------------ main entry
+    def __call__(self, images: torch.Tensor, landmarks: Sequence[torch.Tensor], *, train: bool = True,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Augment (``train=True``) or just cut the at-rest view (``train=False``, no randomness).
+
+        Args:
+            images: ``(B, S, S, 3)`` uint8 RGB stored crops on any device.
+            landmarks: landmark sets, each ``(B, N, 2)`` float in stored-crop pixels (e.g. hard and soft
+                landmarks); all are transformed identically.
+            train: apply random augmentation.
+            generator: source of randomness (ideally on the images' device) for reproducible batches.
+
+        Returns:
+            ``(B, 3, out, out)`` float32 RGB in [0, 1], contiguous, and each landmark set as float32
+            model coordinates ``(q - (out - 1) / 2) / out`` with the flip permutation applied.
+        """
+        if images.dim() != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be (B, S, S, 3), got {tuple(images.shape)}")
+        if images.shape[1] != self.stored_size:
+            raise ValueError(f"images are {images.shape[1]} px, augmenter built for {self.stored_size}")
+        bsz = images.shape[0]
+        device = images.device
+        sets = [torch.as_tensor(lm) for lm in landmarks]
+        for lm in sets:
+            if lm.dim() != 3 or lm.shape[0] != bsz or lm.shape[2] != 2:
+                raise ValueError(f"each landmark set must be (B, N, 2) with B={bsz}, got {tuple(lm.shape)}")
+
+        if train:
+            u = self._uniforms(bsz, generator, device)
+            mat, trans, flip = self._geometry(u)
+        else:
+            u = None
+            mat = torch.eye(2, device=device, dtype=torch.float32).expand(bsz, 2, 2)
+            trans = torch.zeros(bsz, 2, device=device, dtype=torch.float32)
+            flip = None
+
+        out = self._warp(images, mat, trans)
+        lms = [self._transform_points(lm.to(device=device, dtype=torch.float32), mat, trans, flip)
+               for lm in sets]
+        if train:
+            assert u is not None
+            out = self._photometric(out, u, generator)
+        return out.contiguous(), lms
+
+    # ------------------------------------------------------------------ geometry
+    def _uniforms(self, bsz: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else device
+        return torch.rand(bsz, _NUM_UNIFORMS, generator=generator, device=gen_device).to(device)
+
+    def _geometry(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample ``M = s R F`` (B, 2, 2), translation (B, 2) in model units, flip mask (B,)."""
+        cfg = self.config
+        theta = (u[:, _U_ROT] * 2 - 1) * math.radians(cfg.rotation_deg)
+        lo, hi = cfg.scale
+        s = lo + (hi - lo) * u[:, _U_SCALE]
+        trans = (u[:, [_U_TX, _U_TY]] * 2 - 1) * cfg.translate
+        flip = u[:, _U_FLIP] < cfg.flip_prob
+        f = torch.where(flip, -1.0, 1.0)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        mat = torch.stack([torch.stack([s * cos * f, -s * sin], dim=-1),
+                           torch.stack([s * sin * f, s * cos], dim=-1)], dim=-2)
+        return mat, trans, flip
+
+    def _warp(self, images: torch.Tensor, mat: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        """One ``affine_grid`` + ``grid_sample`` for the whole batch; output in [0, 1]."""
+        bsz = images.shape[0]
+        inv = torch.linalg.inv(mat.double()).float()
+        a = self.view_scale * inv
+        b = -(a @ (2.0 * trans).unsqueeze(-1))
+        theta = torch.cat([a, b], dim=-1)
+        x = images.permute(0, 3, 1, 2).float()
+        grid = F.affine_grid(theta, [bsz, 3, self.out_size, self.out_size], align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.mul_(1.0 / 255.0)  # bilinear weights are convex: the result stays in [0, 1]
+
+    def _transform_points(self, lm: torch.Tensor, mat: torch.Tensor, trans: torch.Tensor,
+                          flip: torch.Tensor | None) -> torch.Tensor:
+        c = (self.stored_size - 1) / 2.0
+        u = (lm - c) / (self.view_scale * self.stored_size)
+        m = torch.einsum("bij,bnj->bni", mat, u) + trans[:, None, :]
+        if flip is not None:
+            perm = self._flip_on(m.device)
+            m = torch.where(flip[:, None, None], m[:, perm], m)
+        return m.contiguous()
+
+    def _flip_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._flip_cache:
+            self._flip_cache[device] = self._flip.to(device)
+        return self._flip_cache[device]
+
+    # ------------------------------------------------------------------ photometric
+    def _photometric(self, x: torch.Tensor, u: torch.Tensor,
+                     generator: torch.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        bsz = x.shape[0]
+
+        def factor(col: int, amount: float) -> torch.Tensor:
+            return (1.0 + (u[:, col] * 2 - 1) * amount).view(bsz, 1, 1, 1)
+
+        luma = torch.tensor(_LUMA, device=x.device, dtype=x.dtype)
+        if cfg.brightness > 0 or cfg.contrast > 0:
+            # Brightness b then contrast c around the mean grey g of the brightened image (= b * grey of
+            # x) fused into one pass: x' = c * b * x + (1 - c) * b * g.
+            b = factor(_U_BRIGHT, cfg.brightness)
+            c = factor(_U_CONTRAST, cfg.contrast)
+            grey_mean = (x.mean(dim=(2, 3)) @ luma).view(bsz, 1, 1, 1)
+            x = x.mul_(c * b).add_((1.0 - c) * b * grey_mean).clamp_(0.0, 1.0)
+        if cfg.saturation > 0:
+            s = factor(_U_SAT, cfg.saturation)
+            grey = torch.einsum("bchw,c->bhw", x, luma).unsqueeze(1)
+            x = x.mul_(s).add_(grey.mul_(1.0 - s)).clamp_(0.0, 1.0)
+        if cfg.blur_prob > 0:
+            x = self._blur(x, u)
+        if cfg.noise_prob > 0 and cfg.noise_std[1] > 0:
+            x = self._noise(x, u, generator)
+        if cfg.cutout_prob > 0 and cfg.cutout_size[1] > 0:
+            x = self._cutout(x, u, generator)
+        return x
+
+    def _blur(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian with a per-sample sigma: one grouped convolution over the blurred subset."""
+        cfg = self.config
+        idx = torch.nonzero(u[:, _U_BLUR] < cfg.blur_prob).squeeze(1)
+        k = idx.numel()
+        if k == 0:
+            return x
+        lo, hi = cfg.blur_sigma
+        sigma = lo + (hi - lo) * u[idx, _U_SIGMA]                        # (k,)
+        radius = max(1, min(int(math.ceil(3.0 * hi)), (self.out_size - 1) // 2))
+        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kern = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
+        kern = kern / kern.sum(dim=1, keepdim=True)                      # (k, 2r+1)
+        kern = kern.repeat_interleave(3, dim=0)                          # (3k, 2r+1)
+        sub = x.index_select(0, idx).reshape(1, 3 * k, self.out_size, self.out_size)
+        sub = F.pad(sub, (radius, radius, 0, 0), mode="reflect")
+        sub = F.conv2d(sub, kern.view(3 * k, 1, 1, -1), groups=3 * k)
+        sub = F.pad(sub, (0, 0, radius, radius), mode="reflect")
+        sub = F.conv2d(sub, kern.view(3 * k, 1, -1, 1), groups=3 * k)
+        return x.index_copy_(0, idx, sub.reshape(k, 3, self.out_size, self.out_size))
+
+    def _noise(self, x: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        idx = torch.nonzero(u[:, _U_NOISE] < cfg.noise_prob).squeeze(1)
+        k = idx.numel()
+        if k == 0:
+            return x
+        lo, hi = cfg.noise_std
+        std = (lo + (hi - lo) * u[idx, _U_NOISE_STD]).view(k, 1, 1, 1)
+        noise = self._randn((k, 3, self.out_size, self.out_size), generator, x.device)
+        sub = x.index_select(0, idx).add_(noise.mul_(std)).clamp_(0.0, 1.0)
+        return x.index_copy_(0, idx, sub)
+
+    def _cutout(self, x: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        idx = torch.nonzero(u[:, _U_CUT] < cfg.cutout_prob).squeeze(1)
+        k = idx.numel()
+        if k == 0:
+            return x
+        n = self.out_size
+        lo, hi = cfg.cutout_size
+        w = (lo + (hi - lo) * u[idx, _U_CUT_W]) * n
+        h = (lo + (hi - lo) * u[idx, _U_CUT_H]) * n
+        cx = u[idx, _U_CUT_X] * n - 0.5
+        cy = u[idx, _U_CUT_Y] * n - 0.5
+        pix = torch.arange(n, device=x.device, dtype=x.dtype)
+        in_x = ((pix[None, :] - cx[:, None]).abs() <= w[:, None] / 2)          # (k, n)
+        in_y = ((pix[None, :] - cy[:, None]).abs() <= h[:, None] / 2)          # (k, n)
+        mask = (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)              # (k, 1, n, n)
+        if cfg.cutout_fill == "noise":
+            fill = self._rand((k, 3, n, n), generator, x.device)
+        else:
+            fill = u[idx, _U_GREY].view(k, 1, 1, 1).expand(k, 3, n, n)
+        sub = torch.where(mask, fill, x.index_select(0, idx))
+        return x.index_copy_(0, idx, sub)
+
+    @staticmethod
+    def _rand(shape: tuple[int, ...], generator: torch.Generator | None,
+              device: torch.device) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else device
+        return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+    @staticmethod
+    def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
+               device: torch.device) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def benchmark_augment(batch: int = 64, stored: int = 256, out: int = 224, device: str = "cpu",
+                      iters: int = 20, train: bool = True) -> dict:
+    """Throughput of :class:`BatchAugmenter` on random data (default config, 300W layout).
+
+    Returns ``batches_per_s``, ``images_per_s`` and ``ms_per_batch`` together with the settings.  Two
+    warm-up batches are not timed; on CUDA the clock waits for the device.
+    """
+    from kdlandmark.layouts import get_layout
+
+    dev = torch.device(device)
+    layout = get_layout("300w")
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0)
+    images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen, device=dev)
+    lms = torch.rand(batch, layout.num_points, 2, generator=gen, device=dev) * stored
+    aug = BatchAugmenter(layout, stored, out, view_scale=(1 + 2 * 0.15) / (1 + 2 * 0.4))
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(2):
+        aug(images, [lms], train=train, generator=gen)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        aug(images, [lms], train=train, generator=gen)
+    sync()
+    dt = time.perf_counter() - t0
+    return {
+        "device": str(dev), "batch": batch, "stored": stored, "out": out, "iters": iters, "train": train,
+        "threads": torch.get_num_threads(), "batches_per_s": iters / dt, "images_per_s": iters * batch / dt,
+        "ms_per_batch": 1000.0 * dt / iters,
+    }
