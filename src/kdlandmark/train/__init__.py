@@ -1,0 +1,26 @@
+"""Training: one engine for the teachers and the students, crash-safe checkpoints without pickle.
+
+Heavy imports (torch, timm) happen on first use, so ``import kdlandmark.train`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Trainer", "train", "train_main", "load_checkpoint", "CheckpointError"]
+
+_LAZY = {
+    "Trainer": "kdlandmark.train.trainer",
+    "train": "kdlandmark.train.trainer",
+    "train_main": "kdlandmark.train.trainer",
+    "load_checkpoint": "kdlandmark.train.checkpoint",
+    "CheckpointError": "kdlandmark.train.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kdlandmark.train' has no attribute {name!r}")

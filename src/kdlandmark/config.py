@@ -1,0 +1,675 @@
+"""Configuration: dataclasses loaded from YAML, overridable from the command line, saved with every run.
+
+Two levels:
+
+* :class:`TrainConfig` -- everything one training run needs (one role: ``tough``, ``tolerant``, ``kd``
+  or ``l2``).  :class:`kdlandmark.train.Trainer` consumes it and writes it into the run folder.
+* :class:`ExperimentConfig` -- the whole paper pipeline for one dataset (prepare, ASM, the two
+  teachers, the student, KD-Loss, augmentation, evaluation).  :func:`train_config` derives the
+  :class:`TrainConfig` of one role from it.
+
+YAML files hold nested mappings with the dataclass field names; missing keys take the defaults, and an
+unknown key is an error that names the key and the file (a typo must not silently train with a
+default).  Command-line overrides are ``key.sub=value`` strings whose value is parsed as YAML
+(``optim.lr=3e-4``, ``model.pretrained=true``, ``augment.scale=[0.9,1.1]``, ``teachers.tough=null``).
+
+:func:`save_config` writes the config together with a ``provenance`` block (Python, torch, timm,
+numpy and kdlandmark versions, the git revision where available) so that a run folder alone says
+how it was made; :func:`load_config` / :func:`load_train_config` read such a file back (the
+provenance block is ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from kdlandmark.data.augment import AugmentConfig
+from kdlandmark.losses import KDLossConfig
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "OptimConfig",
+    "TeachersConfig",
+    "TrainConfig",
+    "PrepareConfig",
+    "AsmConfig",
+    "StageConfig",
+    "RuntimeConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ROLES",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "load_config",
+    "load_train_config",
+    "save_config",
+    "provenance",
+    "train_config",
+]
+
+#: Training roles: the two teachers, the KD-Loss student and the plain-L2 student (baseline).
+ROLES = ("tough", "tolerant", "kd", "l2")
+_SCHEDULES = ("cosine", "step", "constant", "inverse-time")
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_AMP = ("auto", "bf16", "off")
+_BATCHNORM = ("train", "frozen", "sync")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and where it came from."""
+
+
+# --------------------------------------------------------------------------------------------- dataclasses
+def _amp_value(value: str | bool) -> str:
+    """``amp`` as one of :data:`_AMP`; YAML reads a bare ``off`` as false (and ``on`` as true)."""
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    if value not in _AMP:
+        raise ValueError(f"amp must be one of {_AMP}, got {value!r}")
+    return value
+
+
+@dataclass
+class ModelConfig:
+    """Network of one role: a timm backbone with the regression head (:class:`LandmarkRegressor`).
+
+    Attributes:
+        backbone: timm model name (paper: ``efficientnet_b3`` teachers, ``mobilenetv2_100`` student).
+        input_size: side of the square model input in pixels (paper: 224).
+        dropout: dropout before the linear head (paper's code: 0.5).
+        pretrained: ``false`` (random init; the paper's student), ``true`` (ImageNet through timm;
+            needs network or cache) or a local ``.safetensors`` file of backbone weights.
+    """
+
+    backbone: str = "mobilenetv2_100"
+    input_size: int = 224
+    dropout: float = 0.5
+    pretrained: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.input_size < 8:
+            raise ValueError(f"model.input_size must be >= 8, got {self.input_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, learning-rate schedule and batch of one role.
+
+    Defaults follow the paper's official code: Adam, lr 1e-3, betas (0.9, 0.999), 1e-4 decay, batch 70,
+    150 epochs.  Note: the official code passes ``decay=1e-4`` to Keras' Adam, which in Keras is an
+    inverse-time *learning-rate* decay (``lr / (1 + decay * step)``), not weight decay; ``schedule:
+    inverse-time`` with ``lr_decay: 1e-4`` and ``weight_decay: 0`` reproduces that reading exactly.
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd`` (momentum ``momentum``, Nesterov).
+        lr: peak learning rate (after warm-up).
+        betas: Adam/AdamW betas.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (Adam, SGD) or decoupled decay (AdamW).
+        schedule: ``cosine`` (to ``min_lr``), ``step`` (x ``step_gamma`` every ``step_epochs``),
+            ``constant`` or ``inverse-time`` (``lr / (1 + lr_decay * step)``, Keras' ``decay``).
+        warmup_epochs: linear warm-up from ~0 to ``lr`` over this many epochs (may be fractional).
+        min_lr: final learning rate of the cosine schedule.
+        step_epochs, step_gamma: the ``step`` schedule.
+        lr_decay: the ``inverse-time`` schedule's per-step decay.
+        epochs: training epochs.
+        batch_size: images per optimiser step *per process*; with N processes (DDP) the global batch
+            is ``N * batch_size`` (the learning rate is not rescaled automatically).
+        grad_clip: clip the global gradient norm to this value (``null``: no clipping).
+        ema_decay: keep an exponential moving average of the weights with this decay per step
+            (e.g. 0.999); validation and the saved model then use the averaged weights.  ``null``: off.
+    """
+
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    step_epochs: int = 50
+    step_gamma: float = 0.1
+    lr_decay: float = 0.0
+    epochs: int = 150
+    batch_size: int = 70
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.name not in _OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {_OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+        if self.lr <= 0 or self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError("optim.lr, optim.epochs and optim.batch_size must be positive")
+        if self.warmup_epochs < 0 or self.step_epochs <= 0:
+            raise ValueError("optim.warmup_epochs must be >= 0 and optim.step_epochs > 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"optim.grad_clip must be positive or null, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+
+
+@dataclass
+class TeachersConfig:
+    """Checkpoint folders of the two frozen teachers (role ``kd`` only): ``.../best`` of each run."""
+
+    tough: str | None = None
+    tolerant: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """One training run of one role.
+
+    Attributes:
+        role: ``tough`` (L2 to hard landmarks), ``tolerant`` (L2 to soft landmarks), ``kd`` (KD-Loss
+            with both teachers) or ``l2`` (plain-L2 student, the baseline).
+        data: prepared-set folder (``kdlandmark prepare``; soft landmarks needed for ``tolerant``).
+        out: run folder (checkpoints ``best/`` and ``last/``, ``config.yaml``, ``metrics.csv``, ``tb/``).
+        model, optim: network and optimisation (see :class:`ModelConfig`, :class:`OptimConfig`).
+        augment: random augmentation of training batches (:class:`AugmentConfig`).
+        random_augment: ``false`` trains on the central view only (no random augmentation at all).
+        kd: KD-Loss constants (:class:`KDLossConfig`), role ``kd`` only.
+        teachers: teacher checkpoints, role ``kd`` only.
+        seed: seeds the data order, augmentation, dropout and the held-out validation split.
+        deterministic: deterministic kernels (``torch.use_deterministic_algorithms``, no cuDNN
+            autotuning); same seed, same hardware and software -> same weights.
+        compile: ``torch.compile`` the training model.
+        channels_last: NHWC memory format (faster convolutions on GPUs with tensor cores).
+        amp: ``auto`` (bf16 autocast on CUDA, off on CPU), ``bf16`` or ``off`` (YAML ``false``/``off``
+            mean ``off``, ``true`` means ``auto``).
+        device: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), ``cpu``, ``cuda``...
+        batchnorm: ``train`` (usual), ``frozen`` (BatchNorm layers use their running statistics and
+            do not update them) or ``sync`` (``SyncBatchNorm`` across DDP processes).
+        train_split: prepared split to train on.
+        val_split: prepared split to validate on; ``null`` holds out ``val_fraction`` of the training
+            split instead (seeded, so every run and every process holds out the same images).
+        val_fraction: share of the training split held out when ``val_split`` is null (0: no validation;
+            the best checkpoint then follows the training loss).
+        num_val: cap on validation images (``null``: all).
+        eval_batch_size: validation batch (``null``: twice ``optim.batch_size``).
+        checkpoint_every: write ``last/`` every this many epochs (and always after the final epoch).
+        resume: continue from ``out/last`` if it exists (exactly, see docs/TRAINING.md).
+        data_on_device: keep the uint8 training images on the GPU (``null``: when they fit easily).
+        log_every: steps between progress-bar loss updates (each costs one host-device sync).
+        tensorboard: write TensorBoard event files under ``out/tb``.
+    """
+
+    role: str = "tough"
+    data: str = ""
+    out: str = "runs/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    random_augment: bool = True
+    kd: KDLossConfig = field(default_factory=KDLossConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    seed: int = 0
+    deterministic: bool = False
+    compile: bool = False
+    channels_last: bool = True
+    amp: str | bool = "auto"
+    device: str = "auto"
+    batchnorm: str = "train"
+    train_split: str = "train"
+    val_split: str | None = None
+    val_fraction: float = 0.1
+    num_val: int | None = None
+    eval_batch_size: int | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    data_on_device: bool | None = None
+    log_every: int = 50
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.amp = _amp_value(self.amp)
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.amp not in _AMP:
+            raise ValueError(f"amp must be one of {_AMP}, got {self.amp!r}")
+        if self.batchnorm not in _BATCHNORM:
+            raise ValueError(f"batchnorm must be one of {_BATCHNORM}, got {self.batchnorm!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of ``kdlandmark prepare`` (``null`` margins: the prepare module's defaults)."""
+
+    size: int = 256
+    margin: float | None = None
+    context_margin: float | None = None
+    splits: list[str] | None = None
+    skip_bad: bool = False
+    workers: int | None = None
+
+
+@dataclass
+class AsmConfig:
+    """Soft landmarks (:func:`kdlandmark.shape.asm.fit_asm`): kept variance, Procrustes, clipping."""
+
+    variance: float = 0.9
+    procrustes: bool = True
+    clip: float | None = 3.0
+    max_iter: int = 20
+
+
+@dataclass
+class StageConfig:
+    """Network and optimisation of one stage (teachers or student)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _teacher_stage() -> StageConfig:
+    return StageConfig(model=ModelConfig(backbone="efficientnet_b3"))
+
+
+def _student_stage() -> StageConfig:
+    return StageConfig(model=ModelConfig(backbone="mobilenetv2_100"))
+
+
+@dataclass
+class RuntimeConfig:
+    """How every training run of an experiment executes (fields as in :class:`TrainConfig`)."""
+
+    deterministic: bool = False
+    compile: bool = False
+    channels_last: bool = True
+    amp: str | bool = "auto"
+    device: str = "auto"
+    batchnorm: str = "train"
+    random_augment: bool = True
+    train_split: str = "train"
+    val_split: str | None = None
+    val_fraction: float = 0.1
+    num_val: int | None = None
+    eval_batch_size: int | None = None
+    checkpoint_every: int = 1
+    data_on_device: bool | None = None
+    log_every: int = 50
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.amp = _amp_value(self.amp)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings: NME normalisation, failure threshold, batch, splits (``null``: all test)."""
+
+    normalisation: str = "inter-ocular"
+    failure_threshold: float = 0.1
+    batch_size: int = 64
+    splits: list[str] | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """The paper's pipeline for one dataset.
+
+    Attributes:
+        name: experiment name (used in reports).
+        dataset: ``300w``, ``wflw``, ``cofw`` or ``folder``.
+        data_root: the dataset's root folder (native files).
+        out: experiment folder; stages write ``prepared/``, ``tough/``, ``tolerant/``, ``kd/``, ``l2/``.
+        seed: seed of every stage.
+        prepare, asm: data preparation and soft landmarks.
+        teacher: network and optimisation of both teachers (paper: EfficientNet-B3).
+        student: network and optimisation of the students (paper: MobileNetV2, random init).
+        kd: KD-Loss constants.
+        augment: training augmentation of every stage.
+        runtime: execution settings shared by every training run.
+        eval: evaluation settings.
+    """
+
+    name: str = "experiment"
+    dataset: str = "300w"
+    data_root: str = ""
+    out: str = "runs/experiment"
+    seed: int = 0
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    asm: AsmConfig = field(default_factory=AsmConfig)
+    teacher: StageConfig = field(default_factory=_teacher_stage)
+    student: StageConfig = field(default_factory=_student_stage)
+    kd: KDLossConfig = field(default_factory=KDLossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------- conversion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str, template: Any = None) -> Any:
+    """``value`` converted to type ``tp`` or a :class:`ConfigError` naming ``key`` and ``source``.
+
+    ``template``: for a nested dataclass, the instance whose values fill the keys ``value`` omits
+    (the parent's default, e.g. the teacher stage's EfficientNet-B3 rather than ModelConfig's default).
+    """
+
+    def fail(why: str = "") -> ConfigError:
+        return ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {value!r}{why}")
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise fail()
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise fail()
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise fail()
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _from_dict(tp, value, key, source, template if isinstance(template, tp) else None)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise fail()
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        raise fail()
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail(f" ({len(args)} values needed)")
+        return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value,
+                                                                                        strict=True)))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise fail()
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        return {_coerce(args[0], k, key, source): _coerce(args[1], v, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise fail()
+
+
+def _from_dict(cls: type[T], data: Any, prefix: str, source: str, template: Any = None) -> T:
+    """Build ``cls`` from mapping ``data``; omitted keys keep ``template``'s values (default: ``cls()``)."""
+    if isinstance(data, cls):
+        return data
+    where = prefix or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{source}: unknown key {full!r} (known keys of {where}: {', '.join(names)})")
+    if template is None:
+        template = cls()
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k, source, getattr(template, k, None))
+              for k, v in data.items()}
+    try:
+        return dataclasses.replace(template, **kwargs)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {where}: {exc}") from exc
+
+
+def config_from_dict(cls: type[T], data: dict | None, source: str = "<dict>",
+                     overrides: Sequence[str] = ()) -> T:
+    """Build dataclass ``cls`` from a nested mapping plus ``key.sub=value`` overrides, validating keys."""
+    raw = _plain(data or {})
+    apply_overrides(raw, cls, overrides)
+    return _from_dict(cls, raw, "", source)
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses/tuples/Paths -> plain YAML-able dicts, lists, strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path | str):  # str subclasses (torch's TorchVersion) too
+        return str(obj)
+    return obj
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A config dataclass as a plain nested dict (tuples become lists), ready for YAML or JSON."""
+    return _plain(cfg)
+
+
+def _field_type(cls: Any, name: str) -> Any | None:
+    """Type of field ``name`` of dataclass ``cls`` (Optional unwrapped), or None if there is none."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        return None
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        return None
+    tp = hints[name]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if dcs:
+            return dcs[0]
+    return tp
+
+
+def apply_overrides(raw: dict, cls: type, overrides: Sequence[str]) -> dict:
+    """Apply ``key.sub=value`` strings (value parsed as YAML) to the nested mapping ``raw`` in place.
+
+    Keys are checked against the dataclass ``cls`` so that a mistyped override fails at once, naming it.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        path, text = item.split("=", 1)
+        parts = [p for p in path.strip().split(".")]
+        if not path.strip() or any(not p for p in parts):
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        node, tp = raw, cls
+        for depth, part in enumerate(parts):
+            ftype = _field_type(tp, part)
+            if ftype is None:
+                where = ".".join(parts[:depth]) or "top level"
+                known = [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+                raise ConfigError(f"override {item!r}: unknown key {'.'.join(parts[:depth + 1])!r}"
+                                  + (f" (known keys of {where}: {', '.join(known)})" if known else ""))
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = {} if child is None else _plain(child)
+                    if not isinstance(child, dict):
+                        where = ".".join(parts[:depth + 1])
+                        raise ConfigError(f"override {item!r}: {where} is not a mapping")
+                    node[part] = child
+                node, tp = child, ftype
+    return raw
+
+
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    data.pop("provenance", None)  # written by save_config; informative only
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a YAML file (or defaults if ``path`` is None) plus overrides."""
+    data = _read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    return config_from_dict(ExperimentConfig, data, source, overrides)
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file (e.g. a run folder's ``config.yaml``) plus overrides."""
+    data = _read_yaml(path) if path is not None else {}
+    return config_from_dict(TrainConfig, data, str(path) if path is not None else "<defaults>", overrides)
+
+
+# --------------------------------------------------------------------------------------------- provenance
+def _git_revision() -> dict | None:
+    """Git commit (and whether tracked files differ from it) of the source tree, if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "diff-index", "--quiet", "HEAD", "--"],
+                               capture_output=True, timeout=10, check=False)
+        return {"commit": rev.stdout.strip(), "dirty": dirty.returncode != 0}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    """Versions of Python, torch, timm, numpy and kdlandmark, the platform and the git revision."""
+    import numpy
+    import timm
+    import torch
+
+    import kdlandmark
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "timm": str(timm.__version__),
+        "numpy": str(numpy.__version__),
+        "kdlandmark": str(kdlandmark.__version__),
+        "platform": platform.platform(),
+        "git": _git_revision(),
+    }
+    return info
+
+
+def save_config(cfg: Any, path: str | Path, extra: dict | None = None) -> Path:
+    """Write config dataclass ``cfg`` as YAML with a ``provenance`` block (and ``extra`` facts in it).
+
+    The file loads back with :func:`load_config` / :func:`load_train_config` (provenance ignored).
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    prov = provenance()
+    if extra:
+        prov.update(_plain(extra))
+    data["provenance"] = _plain(prov)
+    text = f"# {type(cfg).__name__} written by kdlandmark {prov['kdlandmark']}\n"
+    text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(p)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ experiment -> run
+def train_config(exp: ExperimentConfig, role: str, *, data: str | Path | None = None,
+                 out: str | Path | None = None, teachers: TeachersConfig | None = None,
+                 resume: bool = False) -> TrainConfig:
+    """The :class:`TrainConfig` of ``role`` in experiment ``exp``.
+
+    Teachers (``tough``, ``tolerant``) use ``exp.teacher``; students (``kd``, ``l2``) ``exp.student``.
+    Default folders under ``exp.out``: data ``prepared/``, run ``<role>/``, teachers ``tough/best``
+    and ``tolerant/best``.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"role must be one of {ROLES}, got {role!r}")
+    root = Path(exp.out)
+    stage = exp.teacher if role in ("tough", "tolerant") else exp.student
+    if teachers is None:
+        teachers = TeachersConfig(tough=str(root / "tough" / "best"),
+                                  tolerant=str(root / "tolerant" / "best"))
+    rt = dataclasses.asdict(exp.runtime)
+    return TrainConfig(
+        role=role,
+        data=str(data if data is not None else root / "prepared"),
+        out=str(out if out is not None else root / role),
+        model=dataclasses.replace(stage.model),
+        optim=dataclasses.replace(stage.optim),
+        augment=dataclasses.replace(exp.augment),
+        kd=dataclasses.replace(exp.kd),
+        teachers=teachers,
+        seed=exp.seed,
+        resume=resume,
+        **rt,
+    )
