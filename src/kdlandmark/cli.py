@@ -77,6 +77,63 @@ def _cmd_asm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _cmd_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one role (tough, tolerant, kd, l2) from a config")
+    p.add_argument("--config", required=True, help="experiment preset/YAML, or a run's config.yaml")
+    p.add_argument("--role", choices=["tough", "tolerant", "kd", "l2"], default=None)
+    p.add_argument("--data", type=Path, default=None, help="prepared-set folder")
+    p.add_argument("--out", type=Path, default=None, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=5")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.pipeline import resolve_preset
+        from kdlandmark.train.trainer import train_main
+
+        result = train_main(resolve_preset(a.config), a.overrides, a.role, data=a.data, out=a.out,
+                            resume=True if a.resume else None)
+        print(f"best {result['best_metric']:.5f} at epoch {result['best_epoch']}: {result['best']}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
+    from kdlandmark.pipeline import STAGES
+
+    p = sub.add_parser("pipeline", help="prepare, ASM, both teachers, KD and L2 students, evaluation, report")
+    p.add_argument("--config", required=True, help="preset name (paper-300w, ...) or YAML file")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (native files)")
+    p.add_argument("--out", type=Path, default=None, help="experiment folder")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.pipeline import run_pipeline
+
+        run_pipeline(a.config, a.overrides, data_root=a.data_root, out=a.out, stages=a.stages)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _cmd_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole recipe on built-in synthetic faces, sized for a CPU")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--count", type=int, default=1000, help="synthetic faces (train + test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.pipeline import run_demo
+
+        run_demo(a.out, count=a.count, seed=a.seed, overrides=a.overrides, config=a.config)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _cmd_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="print throughput figures of this machine")
     p.add_argument("target", choices=["data"], help="data: synthesis, prepare and augmentation rates")
@@ -101,6 +158,9 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _cmd_synth,
     _cmd_prepare,
     _cmd_asm,
+    _cmd_train,
+    _cmd_pipeline,
+    _cmd_demo,
     _cmd_bench,
 ]
 
@@ -118,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from kdlandmark.config import ConfigError
     from kdlandmark.data.samples import DatasetError
 
     try:
         return int(args.func(args) or 0)
-    except DatasetError as exc:
+    except (DatasetError, ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
