@@ -134,6 +134,22 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
+    from kdlandmark.evaluate.evaluator import add_evaluate_arguments, evaluate_main
+
+    p = sub.add_parser("evaluate", help="score a checkpoint by a benchmark's protocol (NME, FR, AUC)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=evaluate_main)
+
+
+def _cmd_compare(sub: argparse._SubParsersAction) -> None:
+    from kdlandmark.evaluate.compare import add_compare_arguments, compare_main
+
+    p = sub.add_parser("compare", help="several evaluations side by side, with significance tests")
+    add_compare_arguments(p)
+    p.set_defaults(func=compare_main)
+
+
 def _cmd_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="print throughput figures of this machine")
     p.add_argument("target", choices=["data"], help="data: synthesis, prepare and augmentation rates")
@@ -161,6 +177,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _cmd_train,
     _cmd_pipeline,
     _cmd_demo,
+    _cmd_evaluate,
+    _cmd_compare,
     _cmd_bench,
 ]
 

@@ -1,0 +1,624 @@
+"""Evaluate a checkpoint by a benchmark's protocol and keep everything needed to score it again.
+
+``evaluate_checkpoint`` runs the model on the prepared test crops (the at-rest view, no augmentation),
+maps each prediction back to the original image through the crop affine, and scores it in image pixels
+with :func:`kdlandmark.evaluate.protocols.score_protocol`.  It writes, into ``out_dir``::
+
+    metrics.json       model, checkpoint, dataset, normalisation, threshold, per-subset NME/FR/AUC with a
+                       95 % bootstrap interval of the NME, per-landmark error, parameters, FLOPs, CPU latency
+    predictions.npz    per split: ``<split>.pred`` and ``<split>.gt`` (M, N, 2) float64 image pixels,
+                       ``<split>.affine`` (M, 2, 3) image -> stored crop, ``<split>.occluded`` (M, N)
+    predictions.json   dataset, layout, and per split the image paths and attribute records
+    examples.npz       stored crops of the best, median and worst faces (for the report's picture grid)
+
+:func:`rescore` reads the two ``predictions`` files alone, so a result can be re-scored with another
+normalisation or failure threshold without the model or the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdlandmark.data.crop import apply_affine, invert_affine
+from kdlandmark.evaluate.protocols import (
+    NORMALISATIONS,
+    SUBSETS,
+    ProtocolScore,
+    ground_truth_px,
+    protocol_splits,
+    score_protocol,
+)
+from kdlandmark.layouts import Layout, get_layout
+
+__all__ = [
+    "PREDICTIONS_FORMAT",
+    "Predictions",
+    "open_prepared",
+    "eval_view_scale",
+    "predict_prepared",
+    "measure_latency",
+    "evaluate_checkpoint",
+    "save_predictions",
+    "load_predictions",
+    "rescore",
+    "format_metrics_table",
+    "add_evaluate_arguments",
+    "default_eval_dir",
+    "evaluate_main",
+]
+
+PREDICTIONS_FORMAT = "kdlandmark-predictions"
+PREDICTIONS_VERSION = 1
+METRICS_JSON = "metrics.json"
+PREDICTIONS_NPZ = "predictions.npz"
+PREDICTIONS_JSON = "predictions.json"
+EXAMPLES_NPZ = "examples.npz"
+
+
+# --------------------------------------------------------------------------------------------- prepared input
+def _is_prepared(path: Path) -> bool:
+    meta = path / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return "format_version" in json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def open_prepared(prepared_or_root: Any) -> Any:
+    """A ``PreparedSet`` from itself (any object with its interface) or from a prepared-set folder."""
+    if isinstance(prepared_or_root, str | os.PathLike):
+        from kdlandmark.data.store import PreparedSet
+
+        return PreparedSet(prepared_or_root)
+    return prepared_or_root
+
+
+def eval_view_scale(prepared: Any, margin: float | None = None) -> float:
+    """Share of the stored crop the model sees at rest: ``(1 + 2 margin) / (1 + 2 context_margin)``.
+
+    ``margin`` is the model's own margin (from its checkpoint); the prepared set's is used when None,
+    so a model is always shown the face framed as it was during training.
+    """
+    m = float(prepared.margin if margin is None else margin)
+    c = float(prepared.context_margin)
+    if not 0.0 <= m <= c:
+        raise ValueError(f"model margin {m} must lie in [0, context margin {c}] of the prepared set")
+    return (1.0 + 2.0 * m) / (1.0 + 2.0 * c)
+
+
+def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, batch: int = 64,
+                     device: str = "cpu", margin: float | None = None, progress: bool = True) -> np.ndarray:
+    """``(M, N, 2)`` float64 predictions in original image pixels for every face of ``split``.
+
+    Each stored crop is cut to the model's at-rest view (``BatchAugmenter`` in eval mode, no
+    randomness), the model's coordinates are mapped to stored-crop pixels (``model_to_stored``) and from
+    there to the image through the inverse of the face's stored affine.
+
+    Args:
+        model: maps ``(B, 3, H, W)`` float RGB in [0, 1] to ``(B, N, 2)`` model coordinates.
+        prepared: a ``PreparedSet`` (or an object with its interface).
+        split: prepared split name.
+        input_size: model input side.
+        batch: faces per forward pass.
+        device: where the model runs (the model is not moved; pass one already on ``device``).
+        margin: the model's crop margin (default: the prepared set's).
+        progress: show a tqdm bar (hidden when not on a terminal).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from kdlandmark.data.augment import BatchAugmenter
+
+    layout: Layout = prepared.layout
+    sp = prepared.split(split)
+    aug = BatchAugmenter(layout, int(prepared.size), int(input_size), eval_view_scale(prepared, margin))
+    m = len(sp)
+    stored = np.empty((m, layout.num_points, 2), np.float64)
+    dev = torch.device(device)
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, m, batch), desc=f"predict {split}", unit="batch", leave=False,
+                              disable=None if progress else True):
+                imgs = torch.from_numpy(np.array(sp.images[start:start + batch])).to(dev)  # copy: memmap
+                x, _ = aug(imgs, [], train=False)
+                out = model(x)
+                if tuple(out.shape[1:]) != (layout.num_points, 2):
+                    raise ValueError(f"model returned {tuple(out.shape)}; the {layout.name} layout needs "
+                                     f"(B, {layout.num_points}, 2)")
+                coords = out.detach().to("cpu", torch.float64)
+                stored[start:start + len(imgs)] = aug.model_to_stored(coords).numpy()
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    return apply_affine(invert_affine(np.asarray(sp.affines, dtype=np.float64)), stored)
+
+
+def measure_latency(model: Any, input_size: int, *, runs: int = 20, warmup: int = 3) -> dict:
+    """Median CPU forward time at batch 1 (milliseconds) of a copy-free CPU run of ``model``.
+
+    The model must be on the CPU.  ``runs`` timed forwards after ``warmup`` untimed ones; the median
+    resists the odd slow run.  The thread count is recorded: latency depends on it.
+    """
+    import torch
+
+    x = torch.rand(1, int(getattr(model, "in_chans", 3)), int(input_size), int(input_size))
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(max(0, warmup)):
+            model(x)
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(1000.0 * (time.perf_counter() - t0))
+    return {"ms_median": statistics.median(times), "ms_min": min(times), "runs": len(times),
+            "threads": torch.get_num_threads(), "input_size": int(input_size),
+            "cpu": platform.processor() or platform.machine()}
+
+
+# --------------------------------------------------------------------------------------------- stored results
+@dataclass
+class Predictions:
+    """What ``predictions.npz`` + ``predictions.json`` hold: everything :func:`rescore` needs."""
+
+    dataset: str
+    layout: Layout
+    pred: dict[str, np.ndarray]
+    gt: dict[str, np.ndarray]
+    affines: dict[str, np.ndarray]
+    occluded: dict[str, np.ndarray]
+    image_paths: dict[str, list[str]]
+    attributes: dict[str, list[dict]]
+    info: dict
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.pred)
+
+
+def save_predictions(out_dir: str | Path, preds: Predictions) -> tuple[Path, Path]:
+    """Write ``predictions.npz`` and ``predictions.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for sp in preds.splits:
+        arrays[f"{sp}.pred"] = np.asarray(preds.pred[sp], np.float64)
+        arrays[f"{sp}.gt"] = np.asarray(preds.gt[sp], np.float64)
+        arrays[f"{sp}.affine"] = np.asarray(preds.affines[sp], np.float64)
+        arrays[f"{sp}.occluded"] = np.asarray(preds.occluded[sp], bool)
+    npz = out / PREDICTIONS_NPZ
+    tmp = out / f".{PREDICTIONS_NPZ}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, npz)
+    meta = {
+        "format": PREDICTIONS_FORMAT,
+        "version": PREDICTIONS_VERSION,
+        "dataset": preds.dataset,
+        "layout": preds.layout.name,
+        "num_points": preds.layout.num_points,
+        "coordinates": "original image pixels, 0-based, pixel centres at integers; "
+                       "affine: image -> stored crop",
+        "splits": {sp: {"count": int(len(preds.pred[sp])), "image_paths": list(preds.image_paths[sp]),
+                        "attributes": list(preds.attributes[sp])} for sp in preds.splits},
+        **preds.info,
+    }
+    js = out / PREDICTIONS_JSON
+    _write_json(js, meta)
+    return npz, js
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+def load_predictions(predictions_dir: str | Path) -> Predictions:
+    """Read what :func:`save_predictions` wrote; ``ValueError`` naming the file if it is incomplete."""
+    d = Path(predictions_dir)
+    if d.is_file():
+        d = d.parent
+    js, npz = d / PREDICTIONS_JSON, d / PREDICTIONS_NPZ
+    for f in (js, npz):
+        if not f.is_file():
+            raise ValueError(f"{f}: not found (evaluate writes it; re-run kdlandmark evaluate)")
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{js}: unreadable ({exc})") from exc
+    if meta.get("format") != PREDICTIONS_FORMAT:
+        raise ValueError(f"{js}: not a kdlandmark predictions file (format {meta.get('format')!r})")
+    layout = get_layout(meta["layout"])
+    pred, gt, aff, occ, paths, attrs = {}, {}, {}, {}, {}, {}
+    with np.load(npz, allow_pickle=False) as z:
+        for sp, info in meta["splits"].items():
+            try:
+                pred[sp], gt[sp] = z[f"{sp}.pred"], z[f"{sp}.gt"]
+                aff[sp], occ[sp] = z[f"{sp}.affine"], z[f"{sp}.occluded"]
+            except KeyError as exc:
+                raise ValueError(f"{npz}: missing array {exc} for split {sp!r}") from None
+            if len(pred[sp]) != info["count"] or pred[sp].shape != gt[sp].shape:
+                raise ValueError(f"{npz}: split {sp!r} has {len(pred[sp])} predictions, {js.name} says "
+                                 f"{info['count']}")
+            paths[sp] = list(info.get("image_paths", []))
+            attrs[sp] = list(info.get("attributes", []))
+    info = {k: v for k, v in meta.items() if k not in ("format", "version", "dataset", "layout", "num_points",
+                                                       "coordinates", "splits")}
+    return Predictions(meta["dataset"], layout, pred, gt, aff, occ, paths, attrs, info)
+
+
+def _score(preds: Predictions, normalisation: str | None, threshold: float, bootstrap: int,
+           seed: int = 0) -> ProtocolScore:
+    return score_protocol(preds.dataset, preds.layout, preds.pred, preds.gt, preds.attributes,
+                          normalisation=normalisation, threshold=threshold, bootstrap=bootstrap, seed=seed)
+
+
+def rescore(predictions_dir: str | Path, normalisation: str | None = None, threshold: float = 0.10, *,
+            bootstrap: int = 1000, out: str | Path | None = None) -> dict:
+    """Score stored predictions again (other normalisation or threshold) without the model.
+
+    Returns a dict with the schema of ``metrics.json``; model facts (name, checkpoint, parameters,
+    FLOPs, latency) are copied from the folder's ``metrics.json`` when it exists.  ``out`` also writes it.
+    """
+    d = Path(predictions_dir)
+    d = d.parent if d.is_file() else d
+    preds = load_predictions(d)
+    score = _score(preds, normalisation, threshold, bootstrap)
+    old: dict = {}
+    if (d / METRICS_JSON).is_file():
+        old = json.loads((d / METRICS_JSON).read_text(encoding="utf-8"))
+    keep = ("params", "flops", "flops_convention", "latency_ms_cpu", "latency", "backbone", "input_size",
+            "role")
+    result = _metrics_dict(score, preds, model=old.get("model", preds.info.get("model", d.name)),
+                           checkpoint=old.get("checkpoint", preds.info.get("checkpoint")),
+                           bootstrap=bootstrap, extra={k: old[k] for k in keep if k in old})
+    result["rescored_from"] = str(d)
+    if out is not None:
+        _write_json(Path(out), result)
+    return result
+
+
+def _metrics_dict(score: ProtocolScore, preds: Predictions, *, model: str, checkpoint: str | None,
+                  bootstrap: int, extra: dict | None = None) -> dict:
+    d = score.to_json()
+    result = {
+        "model": model,
+        "checkpoint": checkpoint,
+        "dataset": score.dataset,
+        "layout": preds.layout.name,
+        "normalisation": score.normalisation,
+        "threshold": score.threshold,
+        "auc_limit": score.threshold,
+        "bootstrap": {"resamples": int(bootstrap), "confidence": 0.95, "seed": 0},
+        "splits": {sp: int(len(v)) for sp, v in preds.pred.items()},
+        "subsets": d["subsets"],
+        "per_landmark": d["per_landmark"],
+        "params": None,
+        "flops": None,
+        "latency_ms_cpu": None,
+        "units": {"nme": "% of the normalising distance", "fr": "% of images with NME > threshold",
+                  "auc": "area under the CED on [0, threshold] / threshold (fraction)",
+                  "per_landmark": "% of the normalising distance"},
+    }
+    result.update(extra or {})
+    return result
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def _pick_examples(score: ProtocolScore, k: int) -> list[tuple[str, str, int, float]]:
+    """``(category, split, index, nme)`` of the ``k`` best, median and worst faces over all splits."""
+    flat = [(sp, i, float(v)) for sp, arr in score.per_image.items() for i, v in enumerate(arr)]
+    if not flat:
+        return []
+    flat.sort(key=lambda t: t[2])
+    n = len(flat)
+    k = max(1, min(k, n))
+    mid = max(0, n // 2 - k // 2)
+    picks = [("best", flat[:k]), ("median", flat[mid:mid + k]), ("worst", flat[n - k:][::-1])]
+    return [(cat, sp, i, v) for cat, rows in picks for sp, i, v in rows]
+
+
+def _save_examples(out_dir: Path, prepared: Any, score: ProtocolScore, k: int, view_scale: float) -> None:
+    picks = _pick_examples(score, k)
+    if not picks:
+        return
+    images = np.stack([np.asarray(prepared.split(sp).images[i]) for _, sp, i, _ in picks])
+    affines = np.stack([np.asarray(prepared.split(sp).affines[i], np.float64) for _, sp, i, _ in picks])
+    np.savez_compressed(out_dir / EXAMPLES_NPZ, images=images, affines=affines,
+                        category=np.array([c for c, _, _, _ in picks]),
+                        split=np.array([s for _, s, _, _ in picks]),
+                        index=np.array([i for _, _, i, _ in picks], np.int64),
+                        nme=np.array([v for _, _, _, v in picks]), view_scale=np.float64(view_scale))
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _prepare_from_root(dataset: str, root: Path, cache: Path, meta: dict, splits: Sequence[str] | None
+                       ) -> Any:
+    """Prepare the protocol's test splits of a raw dataset root into ``cache`` (the checkpoint's margins)."""
+    from kdlandmark.data.formats import base_splits
+    from kdlandmark.data.prepare import prepare_dataset
+
+    present = base_splits(dataset, root)
+    wanted = list(splits) if splits else [s for s in protocol_splits(dataset) if s in present]
+    missing = [s for s in wanted if s not in present]
+    if missing or not wanted:
+        raise ValueError(f"{root}: {dataset} test split(s) {missing or list(protocol_splits(dataset))} "
+                         f"not found (present: {', '.join(present) or 'none'})")
+    crop = meta.get("crop") or {}
+    kwargs: dict[str, Any] = {}
+    if crop.get("margin") is not None:
+        kwargs["margin"] = float(crop["margin"])
+    if crop.get("context_margin") is not None:
+        kwargs["context_margin"] = float(crop["context_margin"])
+    size = int(crop.get("stored_size") or 256)
+    return prepare_dataset(dataset, root, cache, size=size, splits=wanted, **kwargs)
+
+
+def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str | None, out_dir: str | Path,
+                        normalisation: str | None = "inter-ocular", threshold: float = 0.10,
+                        splits: Sequence[str] | None = None, bootstrap: int = 1000, name: str | None = None,
+                        batch: int = 64, device: str | None = None, latency_runs: int = 20,
+                        examples: int = 4, cache_dir: str | Path | None = None, model: Any = None,
+                        meta: dict | None = None) -> dict:
+    """Evaluate a checkpoint on a benchmark's test subsets; writes and returns ``metrics.json``.
+
+    Args:
+        ckpt: checkpoint folder (``best/``) or its ``model.json``.
+        prepared_or_root: a ``PreparedSet``, a prepared-set folder, or a raw dataset root (its test
+            splits are then prepared into ``cache_dir``, or a temporary folder removed afterwards).
+        dataset: ``300w``, ``wflw``, ``cofw`` or ``folder`` (None: the prepared set's ``dataset``).
+        out_dir: where ``metrics.json``, ``predictions.npz/.json`` and ``examples.npz`` go.
+        normalisation: ``inter-ocular`` (None: the benchmark's default), ``inter-pupil`` or ``box``.
+        threshold: failure threshold and AUC limit (0.10; 0.08 for some WFLW tables).
+        splits: prepared splits to evaluate (default: every split the protocol reads that is present).
+        bootstrap: resamples of the 95 % NME interval (0: none).
+        name: model label in tables (default: the checkpoint's role and backbone).
+        batch, device: inference batch and device (default: CUDA when available).
+        latency_runs: timed CPU forwards at batch 1 (0: skip the latency measurement).
+        examples: faces kept per category (best / median / worst) for the report's picture grid.
+        model, meta: an already loaded model and its meta (tests; ``ckpt`` is then only recorded).
+    """
+    import torch
+
+    from kdlandmark.models import count_flops, count_parameters
+
+    out = Path(out_dir)
+    if model is None:
+        from kdlandmark.train.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(ckpt, device="cpu")
+    meta = dict(meta or {})
+    arch = dict(meta.get("architecture") or {})
+    input_size = int(meta.get("input_size") or arch.get("input_size") or 224)
+    crop = meta.get("crop") or {}
+
+    tmp: tempfile.TemporaryDirectory | None = None
+    try:
+        if isinstance(prepared_or_root, str | os.PathLike) and not _is_prepared(Path(prepared_or_root)):
+            if dataset is None:
+                raise ValueError(f"{prepared_or_root}: a raw dataset root needs dataset=")
+            if cache_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="kdlandmark-eval-")
+                cache = Path(tmp.name)
+            else:
+                cache = Path(cache_dir)
+            prepared = _prepare_from_root(dataset, Path(prepared_or_root), cache, meta, splits)
+        else:
+            prepared = open_prepared(prepared_or_root)
+        dataset = (dataset or getattr(prepared, "dataset", "") or "").lower()
+        if dataset not in SUBSETS:
+            raise ValueError(f"no evaluation protocol for dataset {dataset!r}; known: {', '.join(SUBSETS)}")
+        layout: Layout = prepared.layout
+        num_points = int(arch.get("num_points", getattr(model, "num_points", layout.num_points)))
+        if num_points != layout.num_points:
+            raise ValueError(f"{ckpt}: the model predicts {num_points} points, the prepared set's "
+                             f"{layout.name} layout has {layout.num_points}")
+        available = list(prepared.split_names)
+        wanted = list(splits) if splits else [s for s in protocol_splits(dataset) if s in available]
+        unknown = [s for s in wanted if s not in prepared.split_names]
+        if unknown or not wanted:
+            raise ValueError(f"{getattr(prepared, 'root', prepared)}: split(s) {unknown or wanted} not "
+                             f"prepared (splits: {', '.join(available)}); the {dataset} protocol "
+                             f"reads {', '.join(protocol_splits(dataset))}")
+        margin = crop.get("margin")
+        view = eval_view_scale(prepared, margin)
+        dev = device or _default_device()
+        model.to(dev)
+        preds: dict[str, np.ndarray] = {}
+        gts: dict[str, np.ndarray] = {}
+        for sp in wanted:
+            preds[sp] = predict_prepared(model, prepared, sp, input_size=input_size, batch=batch, device=dev,
+                                         margin=margin)
+            s = prepared.split(sp)
+            gts[sp] = ground_truth_px(np.asarray(s.landmarks, np.float64), np.asarray(s.affines, np.float64))
+        stored = Predictions(
+            dataset, layout, preds, gts,
+            {sp: np.asarray(prepared.split(sp).affines, np.float64) for sp in wanted},
+            {sp: np.asarray(prepared.split(sp).occluded, bool) for sp in wanted},
+            {sp: list(prepared.split(sp).image_paths) for sp in wanted},
+            {sp: list(prepared.split(sp).attributes) for sp in wanted},
+            {"model": name, "checkpoint": str(ckpt), "prepared": str(getattr(prepared, "root", "")),
+             "input_size": input_size, "view_scale": view},
+        )
+        score = _score(stored, normalisation, threshold, bootstrap)
+        label = name or _default_name(meta, ckpt)
+        stored.info["model"] = label
+        out.mkdir(parents=True, exist_ok=True)
+        save_predictions(out, stored)
+        if examples > 0:
+            _save_examples(out, prepared, score, examples, view)
+
+        model.to("cpu")
+        params = count_parameters(model)
+        try:
+            flops: int | None = count_flops(model, input_size)
+        except Exception:  # noqa: BLE001 -- a model the flop counter cannot trace still gets evaluated
+            flops = None
+        latency = measure_latency(model, input_size, runs=latency_runs) if latency_runs > 0 else None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    result = _metrics_dict(score, stored, model=label, checkpoint=str(ckpt), bootstrap=bootstrap, extra={
+        "role": meta.get("role"),
+        "backbone": arch.get("backbone"),
+        "input_size": input_size,
+        "params": int(params),
+        "flops": flops,
+        "flops_convention": "2 x multiply-accumulates, batch 1",
+        "latency_ms_cpu": latency["ms_median"] if latency else None,
+        "latency": latency,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    })
+    _write_json(out / METRICS_JSON, result)
+    return result
+
+
+def _default_name(meta: dict, ckpt: str | Path) -> str:
+    role = meta.get("role")
+    backbone = (meta.get("architecture") or {}).get("backbone")
+    if role or backbone:
+        return " ".join(str(v) for v in (role, backbone) if v)
+    p = Path(ckpt)
+    return p.parent.name if p.name in ("best", "last") else p.name
+
+
+# --------------------------------------------------------------------------------------------- printing
+def format_metrics_table(metrics: dict) -> str:
+    """Plain-text table of one ``metrics.json``: one row per subset."""
+    thr = float(metrics.get("threshold", 0.10))
+    head = (f"{'subset':<14}{'images':>7}  {'NME %':>7}  {'95% CI':>15}  {f'FR@{thr:g} %':>10}  "
+            f"{f'AUC@{thr:g}':>9}")
+    lines = [f"{metrics.get('model')} on {metrics.get('dataset')} ({metrics.get('normalisation')} NME)", head,
+             "-" * len(head)]
+    for name, s in metrics["subsets"].items():
+        ci = s.get("nme_ci95")
+        ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        lines.append(f"{name:<14}{s['count']:>7}  {s['nme']:>7.3f}  {ci_s:>15}  {s['fr']:>10.2f}  "
+                     f"{s['auc']:>9.4f}")
+    facts = []
+    if metrics.get("params") is not None:
+        facts.append(f"{metrics['params'] / 1e6:.2f} M parameters")
+    if metrics.get("flops") is not None:
+        facts.append(f"{metrics['flops'] / 1e9:.2f} GFLOPs")
+    if metrics.get("latency_ms_cpu") is not None:
+        lat = metrics.get("latency") or {}
+        facts.append(f"{metrics['latency_ms_cpu']:.1f} ms CPU latency (batch 1, "
+                     f"{lat.get('threads', '?')} threads)")
+    if facts:
+        lines.append(", ".join(facts))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- command line
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdlandmark evaluate`` (the lead wires the subcommand to :func:`evaluate_main`)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
+    src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
+                     help="score an earlier evaluation's predictions again (no model, no images)")
+    parser.add_argument("--dataset", choices=tuple(SUBSETS), default=None,
+                        help="benchmark protocol (default: the prepared set's dataset)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="dataset root (native files; test splits are prepared first) or a prepared set")
+    parser.add_argument("--split", nargs="+", default=None, dest="splits",
+                        help="prepared splits to evaluate (default: every test split of the protocol)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <checkpoint's run>/eval-<dataset>; "
+                             "with --rescore: print only)")
+    parser.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
+                        help="NME normaliser (default: the benchmark's, inter-ocular)")
+    parser.add_argument("--threshold", type=float, default=0.10,
+                        help="failure threshold and AUC limit as a fraction "
+                             "(0.10; 0.08 for some WFLW tables)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the NME interval")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep the prepared test crops of a raw --root here (default: temporary)")
+    parser.add_argument("--latency-runs", type=int, default=20,
+                        help="timed CPU forwards at batch 1 (0: skip)")
+    parser.add_argument("--name", default=None, help="model label in tables")
+
+
+def default_eval_dir(ckpt: str | Path, dataset: str | None) -> Path:
+    """``<run>/eval-<dataset>`` for a checkpoint ``<run>/best`` (or its ``model.json``), never inside it.
+
+    A checkpoint folder is replaced as a whole when training saves again, so results must live beside it.
+    """
+    c = Path(ckpt)
+    folder = c.parent if c.suffix in (".json", ".safetensors") else c
+    tag = dataset or "prepared"
+    if folder.name in ("best", "last"):
+        return folder.parent / f"eval-{tag}"
+    return folder.parent / f"{folder.name}-eval-{tag}"
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    """``kdlandmark evaluate``: print the table, write metrics.json and the per-image predictions.
+
+    Returns 0, or 2 after printing ``error: ...`` for bad input (a missing or malformed file, a split
+    that was not prepared, a checkpoint for another layout).
+    """
+    import sys
+
+    try:
+        if args.rescore is not None:
+            out = Path(args.out) / METRICS_JSON if args.out is not None else None
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            result = rescore(args.rescore, args.normalisation, args.threshold, bootstrap=args.bootstrap,
+                             out=out)
+            print(format_metrics_table(result))
+            if out is not None:
+                print(f"metrics: {out}")
+            return 0
+        if args.root is None:
+            raise ValueError("--root (a dataset root or a prepared set) is required with --model")
+        out = Path(args.out) if args.out is not None else default_eval_dir(args.model, args.dataset)
+        result = evaluate_checkpoint(args.model, args.root, dataset=args.dataset, out_dir=out,
+                                     normalisation=args.normalisation, threshold=args.threshold,
+                                     splits=args.splits, bootstrap=args.bootstrap, name=args.name,
+                                     batch=args.batch, device=args.device, latency_runs=args.latency_runs,
+                                     cache_dir=args.cache)
+    except ValueError as exc:  # DatasetError and CheckpointError are ValueErrors naming the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_metrics_table(result))
+    print(f"metrics: {out / METRICS_JSON}\npredictions: {out / PREDICTIONS_NPZ}")
+    return 0
