@@ -152,7 +152,13 @@ def _cmd_compare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="print throughput figures of this machine")
-    p.add_argument("target", choices=["data"], help="data: synthesis, prepare and augmentation rates")
+    p.add_argument("target", choices=["data", "train"],
+                   help="data: synthesis, prepare and augmentation rates; train: ceiling vs real data path")
+    p.add_argument("--config", default="paper-300w", help="train: experiment preset or YAML")
+    p.add_argument("--data", type=Path, default=None, help="train: prepared set (default: synthetic)")
+    p.add_argument("--steps", type=int, default=30, help="train: timed steps per measurement")
+    p.add_argument("--roles", nargs="+", default=["tough", "kd"], choices=["tough", "tolerant", "kd", "l2"])
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="train: config overrides")
     p.add_argument("--count", type=int, default=300, help="faces to synthesise / prepare")
     p.add_argument("--size", type=int, default=256, help="image / stored crop side")
     p.add_argument("--input-size", type=int, default=224, help="model input side for augmentation")
@@ -161,10 +167,14 @@ def _cmd_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
 
     def run(a: argparse.Namespace) -> int:
-        from kdlandmark.bench import bench_data
+        from kdlandmark.bench import bench_data, bench_train
 
-        bench_data(count=a.count, size=a.size, input_size=a.input_size, batch=a.batch, device=a.device,
-                   workers=a.workers)
+        if a.target == "train":
+            bench_train(a.config, tuple(a.overrides), data=a.data, count=a.count, steps=a.steps,
+                        roles=tuple(a.roles))
+        else:
+            bench_data(count=a.count, size=a.size, input_size=a.input_size, batch=a.batch, device=a.device,
+                       workers=a.workers)
         return 0
 
     p.set_defaults(func=run)

@@ -414,6 +414,37 @@ class Trainer:
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
+    # ----------------------------------------------------------------------------------------- steps
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Augmented input batch and its targets (model coords) for training-set rows ``idx``."""
+        images = self._fetch(self.train_images, idx)
+        idx_dev = idx.to(self.device, non_blocking=True)
+        lms = [self.train_hard.index_select(0, idx_dev)]
+        if self.train_soft is not None:
+            lms.append(self.train_soft.index_select(0, idx_dev))
+        with torch.no_grad():
+            x, targets = self.augmenter(images, lms, train=self.cfg.random_augment, generator=self.aug_gen)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, targets
+
+    def _optimise(self, x: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser step on a ready batch (teachers' forwards included for KD); detached loss terms."""
+        cfg = self.cfg
+        with self._autocast():
+            pred = self.train_model(x)
+        loss, terms = self._loss(pred.float(), targets, x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k not in ("loss", "total")}}
+
     # ----------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -426,29 +457,8 @@ class Trainer:
         t0 = time.perf_counter()
         for s in range(self.steps_per_epoch):
             start = s * self.world_batch + rank * b
-            idx = perm[start:start + b]
-            images = self._fetch(self.train_images, idx)
-            idx_dev = idx.to(self.device, non_blocking=True)
-            lms = [self.train_hard.index_select(0, idx_dev)]
-            if self.train_soft is not None:
-                lms.append(self.train_soft.index_select(0, idx_dev))
-            with torch.no_grad():
-                x, targets = self.augmenter(images, lms, train=cfg.random_augment, generator=self.aug_gen)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                pred = self.train_model(x)
-            loss, terms = self._loss(pred.float(), targets, x)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.step += 1
-            terms = {"loss": loss.detach(), **{k: v for k, v in terms.items() if k not in ("loss", "total")}}
+            x, targets = self._batch(perm[start:start + b])
+            terms = self._optimise(x, targets)
             for k, v in terms.items():
                 sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
             bar.update(1)
