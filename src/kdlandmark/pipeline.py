@@ -231,12 +231,10 @@ def run_demo(out: str | Path = "runs/demo", *, count: int = 1000, seed: int = 0,
     exp.out, exp.seed = str(out), seed
     data = out / "data"
     exp.data_root = str(data)
-    marker = data / "synth.json"
     t0 = time.perf_counter()
-    if not marker.is_file():
+    if not (data / "synth.json").is_file():  # written by synthesize once the dataset is complete
         summary = synth.synthesize(exp.dataset, count, data, seed=seed, size=192)
         print(synth.format_summary(summary))
-        _write_json_atomic(marker, {"count": count, "seed": seed})
     synth_s = time.perf_counter() - t0
     times = {"synth": synth_s, **Pipeline(exp).run()}
     total = sum(times.values())

@@ -1,0 +1,68 @@
+"""The whole recipe end to end on a few synthetic faces, and its stage-by-stage resumption."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlandmark.config import load_config
+from kdlandmark.pipeline import ROLE_LABELS, STAGES, Pipeline, resolve_preset, results_table
+
+TINY = [
+    "prepare.size=48",
+    "teacher.model.backbone=mobilenetv2_050", "teacher.model.input_size=32",
+    "student.model.backbone=mobilenetv2_035", "student.model.input_size=32",
+    "teacher.optim.epochs=2", "student.optim.epochs=2",
+    "teacher.optim.batch_size=16", "student.optim.batch_size=16",
+    "runtime.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_300w(tmp_path_factory) -> Path:
+    from kdlandmark.data import synth
+
+    root = tmp_path_factory.mktemp("synth300w")
+    synth.synthesize("300w", 60, root, seed=3, size=96, workers=1)
+    return root
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips_them_all(synthetic_300w: Path, tmp_path: Path, capsys) -> None:
+    exp = load_config(resolve_preset("demo"), TINY)
+    exp.data_root, exp.out = str(synthetic_300w), str(tmp_path / "run")
+    times = Pipeline(exp).run(tuple(s for s in STAGES if s != "report"))
+    root = Path(exp.out)
+    results = json.loads((root / "results.json").read_text())
+    assert set(results["models"]) == set(ROLE_LABELS)
+    for row in results["models"].values():
+        assert {"common", "challenging", "full"} <= set(row["subsets"])
+        assert 0 < row["subsets"]["full"]["nme"] < 100
+    assert "Student (KD-Loss)" in (root / "results.md").read_text()
+    # every training stage left a finished run whose config is saved beside it
+    for role in ROLE_LABELS:
+        assert (root / role / "result.json").is_file() and (root / role / "config.yaml").is_file()
+    assert (root / "prepared" / "train" / "soft_landmarks.npy").is_file()
+    assert all(times[s] > 0 for s in ("prepare", "asm", "tough", "kd"))
+    # a second run finds every expensive stage complete and skips it
+    times2 = Pipeline(exp).run(tuple(s for s in STAGES if s != "report"))
+    assert all(times2[s] == 0.0 for s in ("prepare", "asm", *ROLE_LABELS, "evaluate"))
+    assert "complete, skipped" in capsys.readouterr().out
+
+
+def test_unknown_stage_and_missing_preset_are_clear_errors(tmp_path: Path) -> None:
+    exp = load_config(resolve_preset("demo"))
+    exp.out = str(tmp_path)
+    with pytest.raises(ValueError, match="unknown stage"):
+        Pipeline(exp).run(("prepare", "train-everything"))
+    with pytest.raises(FileNotFoundError, match="presets: .*paper-300w"):
+        resolve_preset("paper-400w")
+
+
+def test_results_table_has_a_row_per_model_and_three_columns_per_subset() -> None:
+    m = {"nme": 4.0, "fr": 1.0, "auc": 0.6}
+    rows = {r: {"label": lab, "subsets": {"common": m, "full": m}} for r, lab in ROLE_LABELS.items()}
+    table = results_table(rows, 0.1).splitlines()
+    assert len(table) == 2 + len(ROLE_LABELS)
+    assert table[0].count("|") == 2 + 3 * 2
+    assert "| Student (KD-Loss) | 4.00 | 1.00 | 0.600 |" in table[-1]
