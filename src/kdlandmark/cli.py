@@ -120,7 +120,7 @@ def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole recipe on built-in synthetic faces, sized for a CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--count", type=int, default=1000, help="synthetic faces (train + test)")
+    p.add_argument("--count", type=int, default=1500, help="synthetic faces (train + test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
@@ -151,33 +151,64 @@ def _cmd_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="print throughput figures of this machine")
-    p.add_argument("target", choices=["data", "train"],
-                   help="data: synthesis, prepare and augmentation rates; train: ceiling vs real data path")
-    p.add_argument("--config", default="paper-300w", help="train: experiment preset or YAML")
-    p.add_argument("--data", type=Path, default=None, help="train: prepared set (default: synthetic)")
-    p.add_argument("--steps", type=int, default=30, help="train: timed steps per measurement")
-    p.add_argument("--roles", nargs="+", default=["tough", "kd"], choices=["tough", "tolerant", "kd", "l2"])
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="train: config overrides")
-    p.add_argument("--count", type=int, default=300, help="faces to synthesise / prepare")
-    p.add_argument("--size", type=int, default=256, help="image / stored crop side")
-    p.add_argument("--input-size", type=int, default=224, help="model input side for augmentation")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default=None, help="augmentation device (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
+    from kdlandmark.infer.bench import add_bench_infer_arguments, bench_infer_main
 
-    def run(a: argparse.Namespace) -> int:
-        from kdlandmark.bench import bench_data, bench_train
+    p = sub.add_parser("bench", help="print throughput and latency figures of this machine")
+    targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
 
-        if a.target == "train":
-            bench_train(a.config, tuple(a.overrides), data=a.data, count=a.count, steps=a.steps,
-                        roles=tuple(a.roles))
-        else:
-            bench_data(count=a.count, size=a.size, input_size=a.input_size, batch=a.batch, device=a.device,
-                       workers=a.workers)
+    d = targets.add_parser("data", help="synthesis, prepare and augmentation rates")
+    d.add_argument("--count", type=int, default=300, help="faces to synthesise and prepare")
+    d.add_argument("--size", type=int, default=256, help="image / stored crop side")
+    d.add_argument("--input-size", type=int, default=224, help="model input side for augmentation")
+    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--device", default=None, help="augmentation device (default: cuda if available)")
+    d.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
+
+    def run_data(a: argparse.Namespace) -> int:
+        from kdlandmark.bench import bench_data
+
+        bench_data(count=a.count, size=a.size, input_size=a.input_size, batch=a.batch, device=a.device,
+                   workers=a.workers)
         return 0
 
-    p.set_defaults(func=run)
+    d.set_defaults(func=run_data)
+
+    t = targets.add_parser("train", help="model-only ceiling vs the real data path (teacher, KD student)")
+    t.add_argument("--config", default="paper-300w", help="experiment preset or YAML")
+    t.add_argument("--data", type=Path, default=None, help="prepared set (default: synthetic faces)")
+    t.add_argument("--count", type=int, default=1000, help="synthetic faces when --data is not given")
+    t.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    t.add_argument("--roles", nargs="+", default=["tough", "kd"], choices=["tough", "tolerant", "kd", "l2"])
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    def run_train(a: argparse.Namespace) -> int:
+        from kdlandmark.bench import bench_train
+
+        bench_train(a.config, tuple(a.overrides), data=a.data, count=a.count, steps=a.steps,
+                    roles=tuple(a.roles))
+        return 0
+
+    t.set_defaults(func=run_train)
+
+    i = targets.add_parser("infer", help="CPU latency and throughput: PyTorch eager/compiled, ONNX Runtime")
+    add_bench_infer_arguments(i)
+    i.set_defaults(func=bench_infer_main)
+
+
+def _cmd_predict(sub: argparse._SubParsersAction) -> None:
+    from kdlandmark.infer.predict import add_predict_arguments, predict_main
+
+    p = sub.add_parser("predict", help="landmarks on images, folders or videos")
+    add_predict_arguments(p)
+    p.set_defaults(func=predict_main)
+
+
+def _cmd_export(sub: argparse._SubParsersAction) -> None:
+    from kdlandmark.infer.export import add_export_arguments, export_main
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (with JSON metadata)")
+    add_export_arguments(p)
+    p.set_defaults(func=export_main)
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -189,6 +220,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _cmd_demo,
     _cmd_evaluate,
     _cmd_compare,
+    _cmd_predict,
+    _cmd_export,
     _cmd_bench,
 ]
 

@@ -221,7 +221,7 @@ Next steps:
 """
 
 
-def run_demo(out: str | Path = "runs/demo", *, count: int = 1000, seed: int = 0,
+def run_demo(out: str | Path = "runs/demo", *, count: int = 1500, seed: int = 0,
              overrides: Sequence[str] = (), config: str | Path = "demo") -> dict[str, float]:
     """Synthesise a small 300W-format dataset and run the whole recipe on it with the CPU preset."""
     from kdlandmark.data import synth

@@ -1,0 +1,356 @@
+"""Face detection for inference, without network access: OpenCV's Haar cascade, whole-image boxes, or yours.
+
+A *detector* is any callable ``detector(image_bgr) -> list[(box, score)]`` with ``box = (x0, y0, x1, y1)``
+in image pixels **in the landmark-box convention** (the tight box around the face's landmarks, the box
+training crops were cut around: :func:`kdlandmark.data.crop.landmark_box`).  The box then goes through the
+one shared box -> crop function, :func:`kdlandmark.data.crop.crop_affine`, with the model's margin.
+
+Detectors shipped here:
+
+* :class:`HaarDetector` -- OpenCV's frontal-face Haar cascade from ``cv2.data.haarcascades``.  The
+  cascade's boxes are square and framed differently from landmark boxes (they start at the brows and
+  end near the mouth), so a fixed :class:`BoxTransform` (scale + shift, fitted once on synthetic faces
+  by :func:`calibrate_box_transform`, stored below as :data:`HAAR_BOX_TRANSFORM`) maps them to the
+  landmark-box convention.  OpenCV 5 moved ``CascadeClassifier`` out of the main package (to
+  opencv-contrib) and no longer ships the cascade files: :func:`haar_available` says whether this
+  install has them; with ``opencv-python-headless<5`` it does.
+* :class:`FullImageDetector` -- the image *is* the face crop (pre-cropped faces): the box whose crop is
+  exactly the whole image (its longer side), score 1.
+* anything you pass: a callable as above, or boxes given directly to
+  :meth:`kdlandmark.infer.landmarker.Landmarker.predict` (detection is skipped).
+
+YuNet (``cv2.FaceDetectorYN``) needs an ONNX model file that no installed package ships; none is
+downloaded.  A user who has one can wrap it in a callable.
+
+This module imports no torch: the calibration can run in any environment with OpenCV and NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kdlandmark.data.crop import DEFAULT_MARGIN, landmark_box
+
+__all__ = [
+    "Box",
+    "Detection",
+    "DetectorFn",
+    "DetectorUnavailable",
+    "BoxTransform",
+    "HAAR_CASCADE",
+    "HAAR_BOX_TRANSFORM",
+    "HAAR_BOX_TRANSFORMS",
+    "haar_box_transform",
+    "calibrate_haar_on_synthetic",
+    "haar_available",
+    "HaarDetector",
+    "FullImageDetector",
+    "full_image_box",
+    "make_detector",
+    "check_detections",
+    "box_iou",
+    "calibrate_box_transform",
+]
+
+Box = tuple[float, float, float, float]
+Detection = tuple[Box, float]
+DetectorFn = Callable[[np.ndarray], Sequence[tuple[Sequence[float], float]]]
+
+#: The cascade file :class:`HaarDetector` uses by default.
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class DetectorUnavailable(RuntimeError):
+    """The requested face detector cannot run in this install (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class BoxTransform:
+    """Fixed map from a detector's box to the landmark-box convention.
+
+    With the detector box's centre ``c`` and side ``s = max(w, h)``, the result is the square box of side
+    ``scale * s`` centred at ``c + (dx, dy) * s``.  A square box is enough: :func:`crop_affine` uses only
+    a box's centre and longer side.
+    """
+
+    scale: float = 1.0
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def __call__(self, box: Sequence[float]) -> Box:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        s = max(x1 - x0, y1 - y0)
+        cx = (x0 + x1) / 2.0 + self.dx * s
+        cy = (y0 + y1) / 2.0 + self.dy * s
+        half = self.scale * s / 2.0
+        return (cx - half, cy - half, cx + half, cy + half)
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "dx": self.dx, "dy": self.dy}
+
+
+#: Haar (``haarcascade_frontalface_default.xml``, scale factor 1.1, 3 neighbours) -> landmark box, per
+#: layout (the landmark boxes of the three layouts differ: COFW has no jaw contour).  Fitted by
+#: :func:`calibrate_haar_on_synthetic` on synthetic faces (``kdlandmark.data.synth``, 256 px);
+#: docs/INFERENCE.md gives the command, the sample sizes and the residuals on held-out faces.  Layouts
+#: not listed use the 300W figure.
+HAAR_BOX_TRANSFORMS: dict[str, BoxTransform] = {
+    "300w": BoxTransform(scale=0.9520, dx=-0.0076, dy=0.1803),
+    "wflw": BoxTransform(scale=0.9529, dx=-0.0081, dy=0.1809),
+    "cofw": BoxTransform(scale=0.9147, dx=-0.0046, dy=0.1801),
+}
+HAAR_BOX_TRANSFORM = HAAR_BOX_TRANSFORMS["300w"]
+
+
+def haar_box_transform(layout: str | None) -> BoxTransform:
+    """The calibrated Haar -> landmark box transform of ``layout`` (a layout name)."""
+    return HAAR_BOX_TRANSFORMS.get(str(layout).lower(), HAAR_BOX_TRANSFORM)
+
+
+def haar_available(cascade: str = HAAR_CASCADE) -> tuple[bool, str]:
+    """Whether this OpenCV can run the Haar cascade ``cascade``, and if not, why."""
+    if not hasattr(cv2, "CascadeClassifier"):
+        return False, (f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved it to "
+                       "opencv-contrib); install opencv-python-headless<5, pass pre-cropped faces "
+                       "(detector 'full') or boxes, or a detector callable")
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    path = os.path.join(folder, cascade) if folder else cascade
+    if not os.path.isfile(path):
+        return False, (f"Haar cascade file {cascade!r} is not in this OpenCV install ({folder}); install "
+                       "opencv-python-headless<5, or pass pre-cropped faces, boxes or a detector callable")
+    return True, path
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade, boxes mapped to the landmark-box convention.
+
+    Args:
+        cascade: file name in ``cv2.data.haarcascades`` or a path to a cascade XML.
+        scale_factor, min_neighbors: ``detectMultiScale`` parameters (more neighbours: fewer false faces).
+        min_size: smallest face side in pixels, as a fraction of the image's shorter side.
+        transform: detector box -> landmark box: a :class:`BoxTransform`, a layout name (that layout's
+            calibrated :data:`HAAR_BOX_TRANSFORMS` entry; default 300W) or ``None`` (raw cascade boxes).
+
+    The score is the cascade's level weight (``detectMultiScale3``): larger is more face-like; it is not
+    a probability.
+    """
+
+    def __init__(self, cascade: str = HAAR_CASCADE, *, scale_factor: float = 1.1, min_neighbors: int = 3,
+                 min_size: float = 0.08, transform: BoxTransform | str | None = "300w") -> None:
+        path = cascade
+        if not os.path.isfile(path):
+            ok, found = haar_available(cascade)
+            if not ok:
+                raise DetectorUnavailable(found)
+            path = found
+        elif not hasattr(cv2, "CascadeClassifier"):
+            raise DetectorUnavailable(haar_available()[1])
+        self.classifier = cv2.CascadeClassifier(path)
+        if self.classifier.empty():
+            raise DetectorUnavailable(f"{path}: cannot load Haar cascade")
+        self.path = path
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = float(min_size)
+        self.transform = haar_box_transform(transform) if isinstance(transform, str) else transform
+
+    def raw(self, image_bgr: np.ndarray) -> list[Detection]:
+        """The cascade's own boxes and scores, best first."""
+        img = np.asarray(image_bgr)
+        grey = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        side = max(12, round(self.min_size * min(grey.shape[:2])))
+        boxes, _, weights = self.classifier.detectMultiScale3(
+            grey, self.scale_factor, self.min_neighbors, minSize=(side, side), outputRejectLevels=True)
+        out = [((float(x), float(y), float(x + w), float(y + h)), float(s))
+               for (x, y, w, h), s in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(weights).reshape(-1),
+                                          strict=True)]
+        return sorted(out, key=lambda d: -d[1])
+
+    def __call__(self, image_bgr: np.ndarray) -> list[Detection]:
+        dets = self.raw(image_bgr)
+        if self.transform is None:
+            return dets
+        return [(self.transform(b), s) for b, s in dets]
+
+
+def full_image_box(width: int, height: int, margin: float = DEFAULT_MARGIN) -> Box:
+    """The box whose ``crop_affine(box, size, margin)`` crop is the whole image (its longer side).
+
+    Inverse of the crop's framing: a square of side ``max(width, height) / (1 + 2 margin)`` at the image
+    centre ``((width - 1) / 2, (height - 1) / 2)`` (pixel centres at integers).
+    """
+    side = max(width, height) / (1.0 + 2.0 * margin)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    return (cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0)
+
+
+class FullImageDetector:
+    """Treats every image as one pre-cropped face framed like the model's input (score 1)."""
+
+    def __init__(self, margin: float = DEFAULT_MARGIN) -> None:
+        self.margin = float(margin)
+
+    def __call__(self, image_bgr: np.ndarray) -> list[Detection]:
+        h, w = np.asarray(image_bgr).shape[:2]
+        return [(full_image_box(w, h, self.margin), 1.0)]
+
+
+def make_detector(spec: str | DetectorFn | None, margin: float = DEFAULT_MARGIN, layout: str = "300w"
+                  ) -> DetectorFn | None:
+    """A detector from a name or a callable.
+
+    ``"auto"`` and ``"haar"``: :class:`HaarDetector` with the Haar -> landmark box transform of
+    ``layout`` (:class:`DetectorUnavailable` when this OpenCV lacks the cascade); ``"full"``:
+    :class:`FullImageDetector` with the model's ``margin``; ``None`` or ``"none"``: no detector (boxes
+    must then be given); a callable is returned as it is.
+    """
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if callable(spec):
+        return spec
+    name = str(spec).lower()
+    if name in ("auto", "haar"):
+        return HaarDetector(transform=layout)
+    if name == "full":
+        return FullImageDetector(margin)
+    raise ValueError(f"unknown detector {spec!r}: use 'auto', 'haar', 'full', 'none' or a callable")
+
+
+def check_detections(dets: object, where: str = "detector") -> list[Detection]:
+    """Validate what a detector returned: a list of ``(box, score)`` with finite, non-empty boxes."""
+    out: list[Detection] = []
+    try:
+        items = list(dets)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"{where} must return a list of (box, score), got {type(dets).__name__}") from None
+    for k, item in enumerate(items):
+        try:
+            box, score = item
+            x0, y0, x1, y1 = (float(v) for v in box)
+            score = float(score)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: item {k} is not ((x0, y0, x1, y1), score): {item!r}") from None
+        if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+            raise ValueError(f"{where}: item {k} has a degenerate box {(x0, y0, x1, y1)}")
+        out.append(((x0, y0, x1, y1), score))
+    return out
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _square(box: Sequence[float]) -> tuple[float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
+
+
+def calibrate_box_transform(raw_detector: DetectorFn, images: Sequence[np.ndarray],
+                            landmarks: Sequence[np.ndarray], *, min_iou: float = 0.3,
+                            fixed: BoxTransform | None = None) -> tuple[BoxTransform, dict]:
+    """Fit the :class:`BoxTransform` from ``raw_detector``'s boxes to the landmarks' boxes.
+
+    Each image holds one face with known ``landmarks``.  Its detection is the raw box that overlaps the
+    landmark box most (IoU of the square framings at least ``min_iou``; others are false positives).
+    The fit is robust: the median of ``side_lm / side_det`` and of the centre offsets in units of the
+    detector side.
+
+    Returns ``(transform, stats)``; ``stats`` has the sample size, the detection rate and the residuals
+    after the transform (centre error / landmark side and side ratio, median and 90th percentile).
+    With ``fixed`` nothing is fitted: the residuals of that transform are measured (held-out checks).
+    """
+    ratios, offs, pairs = [], [], []
+    for img, lm in zip(images, landmarks, strict=True):
+        target = landmark_box(lm)
+        tcx, tcy, ts = _square(target)
+        tsq = (tcx - ts / 2, tcy - ts / 2, tcx + ts / 2, tcy + ts / 2)
+        best, best_iou = None, min_iou
+        for box, _ in check_detections(raw_detector(img), "raw detector"):
+            iou = box_iou(box, tsq)
+            if iou >= best_iou:
+                best, best_iou = box, iou
+        if best is None:
+            continue
+        cx, cy, s = _square(best)
+        ratios.append(ts / s)
+        offs.append(((tcx - cx) / s, (tcy - cy) / s))
+        pairs.append((best, (tcx, tcy, ts)))
+    if len(pairs) < 5:
+        raise ValueError(f"only {len(pairs)} faces were detected in {len(images)} images: "
+                         "too few to calibrate")
+    offs_a = np.asarray(offs)
+    tr = fixed or BoxTransform(scale=float(np.median(ratios)), dx=float(np.median(offs_a[:, 0])),
+                               dy=float(np.median(offs_a[:, 1])))
+    centre_err, side_ratio, iou_after = [], [], []
+    for box, (tcx, tcy, ts) in pairs:
+        cx, cy, s = _square(tr(box))
+        centre_err.append(np.hypot(cx - tcx, cy - tcy) / ts)
+        side_ratio.append(s / ts)
+        iou_after.append(box_iou(tr(box), (tcx - ts / 2, tcy - ts / 2, tcx + ts / 2, tcy + ts / 2)))
+    ce, sr = np.asarray(centre_err), np.abs(np.log(np.asarray(side_ratio)))
+    stats = {
+        "images": len(images),
+        "detected": len(pairs),
+        "detection_rate": len(pairs) / max(1, len(images)),
+        "centre_error_median": float(np.median(ce)),
+        "centre_error_p90": float(np.quantile(ce, 0.9)),
+        "side_ratio_abs_log_median": float(np.median(sr)),
+        "side_ratio_p10": float(np.quantile(side_ratio, 0.1)),
+        "side_ratio_p90": float(np.quantile(side_ratio, 0.9)),
+        "iou_median": float(np.median(iou_after)),
+    }
+    return tr, stats
+
+
+def calibrate_haar_on_synthetic(count: int = 1000, *, held_out: int = 500, seed: int = 0, size: int = 256,
+                                layouts: Sequence[str] = ("300w", "wflw", "cofw")) -> dict:
+    """Fit :data:`HAAR_BOX_TRANSFORMS` on ``count`` synthetic faces, check it on ``held_out`` others.
+
+    Renders faces with :func:`kdlandmark.data.synth.render.render` (seeds ``seed`` and ``seed + 1``),
+    runs the raw cascade once per image and fits one transform per layout.  Returns
+    ``{layout: {"transform": {...}, "fit": stats, "held_out": stats}}`` (stats as
+    :func:`calibrate_box_transform`; held-out residuals use the fitted transform unchanged).
+    """
+    from kdlandmark.data.synth.render import render
+    from kdlandmark.layouts import get_layout
+
+    det = HaarDetector(transform=None)
+    lays = [get_layout(n) for n in layouts]
+
+    def sample(n: int, s: int) -> tuple[list[list[Detection]], dict[str, list[np.ndarray]]]:
+        rng = np.random.default_rng(s)
+        dets, lms = [], {lay.name: [] for lay in lays}
+        for _ in range(n):
+            face = render(rng, size)
+            dets.append(det.raw(face.image))
+            for lay in lays:
+                lms[lay.name].append(face.landmarks(lay))
+        return dets, lms
+
+    fit_dets, fit_lms = sample(count, seed)
+    test_dets, test_lms = sample(held_out, seed + 1)
+    out = {}
+    for lay in lays:
+        it_fit, it_test = iter(fit_dets), iter(test_dets)
+        tr, fit_stats = calibrate_box_transform(lambda _img, it=it_fit: next(it), [None] * count,
+                                                fit_lms[lay.name])
+        entry = {"transform": tr.to_json(), "fit": fit_stats}
+        if held_out:
+            entry["held_out"] = calibrate_box_transform(lambda _img, it=it_test: next(it), [None] * held_out,
+                                                        test_lms[lay.name], fixed=tr)[1]
+        out[lay.name] = entry
+    out["setup"] = {"cascade": os.path.basename(det.path), "scale_factor": det.scale_factor,
+                    "min_neighbors": det.min_neighbors, "min_size": det.min_size, "image_size": size,
+                    "fit_faces": count, "held_out_faces": held_out, "seed": seed,
+                    "opencv": cv2.__version__}
+    return out

@@ -1,0 +1,392 @@
+"""The public inference API: ``Landmarker.from_checkpoint(path)(image)`` -> landmarks in image pixels.
+
+One call does the whole story (DESIGN.md, after face-alignment's ``api.py``)::
+
+    from kdlandmark import Landmarker
+    lmk = Landmarker.from_checkpoint("runs/demo/kd/best")            # or backend="onnx"
+    for face in lmk("photo.jpg"):                                   # path, BGR array or PIL image
+        face.landmarks   # (N, 2) float32, x then y, 0-based image pixels
+        face.box, face.score, face.layout
+
+Images: a file path, a NumPy array in **OpenCV's BGR** channel order (``cv2.imread``'s; greyscale and
+BGRA are converted) of uint8, or a PIL image (RGB, converted).  The models themselves take RGB.
+
+Steps, each the project's one shared implementation:
+
+1. faces: a detector (:mod:`kdlandmark.infer.detect`: Haar cascade, whole image, or your callable)
+   gives boxes in the landmark-box convention, or you pass boxes and detection is skipped;
+2. crop: ``crop_affine(box, input_size, margin)`` of :mod:`kdlandmark.data.crop` with the checkpoint's
+   margin, one ``cv2.warpAffine`` straight into a pre-allocated uint8 batch buffer at the input size
+   (crops that shrink the face below half size are area-reduced first, as prepare does);
+3. normalise: BGR -> RGB and ``/ 255`` into a pre-allocated float32 buffer (mean/std is inside the model);
+4. model: PyTorch (eager or ``torch.compile``) or ONNX Runtime, faces of all images batched together;
+5. map back: ``from_model_coords`` then the inverse crop affine (``invert_affine`` / ``apply_affine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from kdlandmark.data.crop import (
+    DEFAULT_MARGIN,
+    apply_affine,
+    crop_affine,
+    from_model_coords,
+    invert_affine,
+)
+from kdlandmark.infer.detect import Box, DetectorFn, check_detections, make_detector
+from kdlandmark.infer.export import layout_from_meta
+from kdlandmark.layouts import Layout
+
+__all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike"]
+
+ImageLike = Any  # str | Path | np.ndarray (BGR) | PIL.Image.Image (RGB)
+BoxesLike = Any  # (F, 4) array-like of boxes, or a sequence of ((x0, y0, x1, y1), score)
+
+#: Crops that shrink the image below this scale are area-reduced before the bilinear warp (anti-aliasing).
+ANTIALIAS_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """One face's result.
+
+    Attributes:
+        landmarks: ``(N, 2)`` float32, x then y, 0-based image pixels (pixel centres at integers).
+        box: the face box the crop was cut around, landmark-box convention ``(x0, y0, x1, y1)``.
+        score: the detector's score (1.0 for given boxes and whole-image faces).
+        layout: the landmark layout (``layout.name``, groups, ...).
+    """
+
+    landmarks: np.ndarray
+    box: Box
+    score: float
+    layout: Layout
+
+    def to_json(self) -> dict:
+        """Plain-JSON form (lists of floats), as ``kdlandmark predict`` writes it."""
+        return {"box": [round(float(v), 3) for v in self.box], "score": float(self.score),
+                "layout": self.layout.name, "num_points": self.layout.num_points,
+                "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in self.landmarks]}
+
+
+def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
+    """3-channel BGR uint8 of a path, a NumPy array (BGR, greyscale or BGRA) or a PIL image (RGB)."""
+    if isinstance(image, str | Path):
+        from kdlandmark.data.prepare import decode_image
+
+        return decode_image(image)
+    if isinstance(image, np.ndarray):
+        img = image
+        if img.dtype != np.uint8 or img.size == 0:
+            raise ValueError(f"{where}: expected a non-empty uint8 image, got {img.dtype} {img.shape}")
+        if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        if img.ndim == 3 and img.shape[2] == 4:
+            return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        if img.ndim == 3 and img.shape[2] == 3:
+            return img
+        raise ValueError(f"{where}: unsupported image shape {img.shape} (expected H x W, H x W x 3 or 4)")
+    if hasattr(image, "convert") and hasattr(image, "size"):      # PIL.Image.Image
+        rgb = np.asarray(image.convert("RGB"))
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    raise TypeError(f"{where}: expected a path, a NumPy array or a PIL image, got {type(image).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ runners
+class TorchRunner:
+    """Runs a PyTorch model on ``(B, 3, S, S)`` float32 NumPy batches (no copies on the CPU)."""
+
+    def __init__(self, model: Any, device: str = "cpu", *, compile: bool = False) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.compiled = bool(compile)
+        self.fn = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.name = "torch-compiled" if compile else "torch"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            if self.device.type != "cpu":
+                t = t.to(self.device, non_blocking=True)
+            return self.fn(t).float().cpu().numpy()
+
+
+class OnnxRunner:
+    """Runs an ONNX Runtime session; a fixed-batch graph is fed in chunks (the last one padded)."""
+
+    def __init__(self, session: Any) -> None:
+        from kdlandmark.infer.export import INPUT_NAME
+
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name if inp.name else INPUT_NAME
+        self.dtype = np.float16 if "float16" in inp.type else np.float32
+        b = inp.shape[0]
+        self.fixed_batch = int(b) if isinstance(b, int) and b > 0 else None
+        self.name = "onnxruntime"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.dtype != np.float32:
+            x = x.astype(self.dtype)
+        b = self.fixed_batch
+        if b is None or len(x) == b:
+            return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+        outs = []
+        for start in range(0, len(x), b):
+            chunk = x[start:start + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(self.session.run(None, {self.input_name: chunk})[0][:n], dtype=np.float32))
+        return np.concatenate(outs)
+
+
+# ------------------------------------------------------------------------------------------------ landmarker
+class Landmarker:
+    """Face landmarks of images: detect (or take boxes), crop, run the model, map back to image pixels.
+
+    Build with :meth:`from_checkpoint`.  Call on one image (returns a list of :class:`FaceLandmarks`, one
+    per face) or use :meth:`predict` for a batch of images (faces of all images run as one batch).
+
+    Args:
+        runner: ``runner(x)`` maps ``(B, 3, S, S)`` float32 RGB ``[0, 1]`` to ``(B, N, 2)`` model coords.
+        meta: the model's metadata (checkpoint ``model.json`` or ONNX ``model.onnx.json``).
+        source: file or folder the model came from (named in errors).
+        detector: ``"auto"``/``"haar"`` (OpenCV Haar cascade), ``"full"`` (each image is one pre-cropped
+            face), ``None`` (boxes must be given), or a callable ``detector(image_bgr) -> [(box, score)]``
+            returning boxes in the landmark-box convention.  Built on first use.
+        batch_size: faces per model call.
+        min_score: drop detections scoring below this.
+        max_faces: keep at most this many faces per image (highest scores first).
+        antialias: area-reduce before warping when the crop shrinks the image below half size.
+        cv2_threads: ``cv2.setNumThreads`` value set when the landmarker is built (process-wide), 1 by
+            default: a crop is far too small to gain from threads, and OpenCV's thread pool spinning
+            next to PyTorch's or ONNX Runtime's threads made one end-to-end face 60x slower than the
+            model alone on this 2-core machine (1244 ms against 20 ms; docs/INFERENCE.md).  ``None``
+            leaves OpenCV's setting alone.
+    """
+
+    def __init__(self, runner: Callable[[np.ndarray], np.ndarray], meta: dict, *,
+                 source: str | Path = "<model>", detector: str | DetectorFn | None = "auto",
+                 batch_size: int = 16, min_score: float | None = None, max_faces: int | None = None,
+                 antialias: bool = True, cv2_threads: int | None = 1) -> None:
+        self.runner = runner
+        self.meta = meta
+        self.source = str(source)
+        self.layout: Layout = layout_from_meta(meta, self.source)
+        self.input_size = int(meta["input_size"])
+        crop = meta.get("crop") or {}
+        self.margin = float(crop.get("margin", DEFAULT_MARGIN)) if isinstance(crop, dict) else DEFAULT_MARGIN
+        if self.input_size <= 0 or not 0.0 <= self.margin < 10:
+            raise ValueError(f"{self.source}: bad input_size {self.input_size} or crop margin {self.margin}")
+        self._detector_spec = detector
+        self._detector: DetectorFn | None = None
+        self.batch_size = max(1, int(batch_size))
+        self.min_score = min_score
+        self.max_faces = max_faces
+        self.antialias = bool(antialias)
+        if cv2_threads is not None:
+            cv2.setNumThreads(int(cv2_threads))
+        s = self.input_size
+        self._u8 = np.empty((self.batch_size, s, s, 3), np.uint8)
+        self._x = np.empty((self.batch_size, 3, s, s), np.float32)
+        self._inv255 = np.float32(1.0 / 255.0)
+
+    # -------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", backend: str = "torch",
+                        detector: str | DetectorFn | None = "auto", layout: Layout | str | None = None,
+                        batch_size: int = 16, threads: int | None = None, compile: bool = False,
+                        **kwargs: Any) -> Landmarker:
+        """A landmarker for a checkpoint folder (``model.json`` + ``model.safetensors``) or an ONNX model.
+
+        Args:
+            path: checkpoint folder (or its ``model.json``), or an exported ``.onnx`` file.
+            device: PyTorch device (``cpu``, ``cuda``); ONNX Runtime runs on the CPU.
+            backend: ``"torch"`` or ``"onnx"``.  With ``"onnx"`` and a checkpoint folder, its
+                ``model.onnx`` is used when it was exported from these weights, else the model is
+                exported in memory.
+            detector: see the class (``"auto"``: Haar cascade, built on first use).
+            layout: if given, the model must be for this layout (else :class:`CheckpointError`).
+            batch_size: faces per model call.
+            threads: CPU threads for the model (PyTorch: ``torch.set_num_threads``, process-wide).
+            compile: ``torch.compile`` the model (torch backend).
+            **kwargs: ``min_score``, ``max_faces``, ``antialias``, ``cv2_threads`` (see the class).
+
+        Loading never executes code (safetensors, JSON, ONNX protobuf); malformed, truncated or
+        mismatched files raise :class:`~kdlandmark.train.checkpoint.CheckpointError` naming the file.
+        """
+        p = Path(path)
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if backend == "onnx":
+            session, meta, source = _open_onnx_for(p, layout, threads)
+            runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(session)
+        else:
+            if p.suffix == ".onnx":
+                raise ValueError(f"{p}: an ONNX model needs backend='onnx'")
+            from kdlandmark.train.checkpoint import load_checkpoint
+
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
+            model, meta = load_checkpoint(p, device=device, layout=layout)
+            runner, source = TorchRunner(model, device, compile=compile), p
+        return cls(runner, meta, source=source, detector=detector, batch_size=batch_size, **kwargs)
+
+    @property
+    def detector(self) -> DetectorFn | None:
+        """The face detector (built on first use, so a landmarker fed boxes never needs one)."""
+        if self._detector is None and self._detector_spec is not None:
+            self._detector = make_detector(self._detector_spec, self.margin, self.layout.name)
+        return self._detector
+
+    # -------------------------------------------------------------------------------------------- calling
+    def __call__(self, image: ImageLike, boxes: BoxesLike | None = None) -> list[FaceLandmarks]:
+        """Faces of one image (see :meth:`predict`)."""
+        return self.predict([image], None if boxes is None else [boxes])[0]
+
+    def detect(self, image_bgr: np.ndarray) -> list[tuple[Box, float]]:
+        """Face boxes (landmark-box convention) and scores of one BGR image, filtered and ordered."""
+        det = self.detector
+        if det is None:
+            raise ValueError("no detector: pass boxes, or build the Landmarker with a detector")
+        dets = check_detections(det(image_bgr), "detector")
+        if self.min_score is not None:
+            dets = [d for d in dets if d[1] >= self.min_score]
+        dets.sort(key=lambda d: -d[1])
+        return dets[: self.max_faces] if self.max_faces is not None else dets
+
+    def predict(self, images: Sequence[ImageLike], boxes: Sequence[BoxesLike | None] | None = None
+                ) -> list[list[FaceLandmarks]]:
+        """Faces of each image; all faces of all images run through the model in batches.
+
+        Args:
+            images: paths, BGR uint8 arrays or PIL images.
+            boxes: per image, ``None`` (detect) or its faces' boxes: an ``(F, 4)`` array-like of
+                ``(x0, y0, x1, y1)`` in the landmark-box convention, or ``[(box, score), ...]``.
+
+        Raises:
+            DatasetError: an image file cannot be read (naming it).
+        """
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
+        bgrs = [to_bgr(img, f"image {k}") for k, img in enumerate(images)]
+        owners: list[int] = []
+        faces: list[tuple[Box, float]] = []
+        for k, img in enumerate(bgrs):
+            given = None if boxes is None else boxes[k]
+            dets = self.detect(img) if given is None else _as_detections(given, f"boxes of image {k}")
+            owners.extend([k] * len(dets))
+            faces.extend(dets)
+        results: list[list[FaceLandmarks]] = [[] for _ in bgrs]
+        if not faces:
+            return results
+        lms = self.landmarks_in_boxes(bgrs, [f[0] for f in faces], owners)
+        for k, (box, score), lm in zip(owners, faces, lms, strict=True):
+            results[k].append(FaceLandmarks(lm, tuple(float(v) for v in box), float(score), self.layout))
+        return results
+
+    def landmarks_in_boxes(self, images: np.ndarray | Sequence[np.ndarray],
+                           boxes: Sequence[Sequence[float]] | np.ndarray,
+                           owners: Sequence[int] | None = None) -> np.ndarray:
+        """``(F, N, 2)`` float32 image-pixel landmarks of faces given by boxes: the lean path.
+
+        Args:
+            images: one BGR uint8 image, or a list of them (then ``owners[f]`` is face ``f``'s image).
+            boxes: ``(F, 4)`` face boxes in the landmark-box convention.
+            owners: image index per face (default: all faces in the one image).
+        """
+        single = isinstance(images, np.ndarray)
+        imgs: Sequence[np.ndarray] = [images] if single else images  # type: ignore[list-item]
+        box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        n = len(box_arr)
+        own = np.zeros(n, np.int64) if owners is None else np.asarray(owners, np.int64)
+        s = self.input_size
+        out = np.empty((n, self.layout.num_points, 2), np.float32)
+        b = self.batch_size
+        for start in range(0, n, b):
+            stop = min(n, start + b)
+            m = stop - start
+            affines = np.empty((m, 2, 3), np.float64)
+            for j in range(m):
+                a = crop_affine(box_arr[start + j], s, self.margin)
+                affines[j] = a
+                self._warp(imgs[own[start + j]], a, self._u8[j])
+            x = self._x[:m]
+            # BGR uint8 (m, S, S, 3) -> RGB float32 (m, 3, S, S) / 255 in one pass into the buffer
+            np.multiply(self._u8[:m, :, :, ::-1].transpose(0, 3, 1, 2), self._inv255, out=x)
+            coords = self.runner(x)
+            if coords.shape != (m, self.layout.num_points, 2):
+                raise ValueError(f"{self.source}: model returned {coords.shape}, expected "
+                                 f"({m}, {self.layout.num_points}, 2)")
+            crop_px = from_model_coords(coords, s)
+            out[start:stop] = apply_affine(invert_affine(affines), crop_px)
+        return out
+
+    def _warp(self, image: np.ndarray, affine: np.ndarray, dst: np.ndarray) -> None:
+        """Cut one crop into ``dst`` (BGR uint8, S x S): one warpAffine, area-reduced first when shrinking."""
+        s = self.input_size
+        if self.antialias:
+            scale = abs(affine[0, 0] * affine[1, 1] - affine[0, 1] * affine[1, 0]) ** 0.5
+            if scale < ANTIALIAS_BELOW:
+                from kdlandmark.data.prepare import crop_image
+
+                cv2.cvtColor(crop_image(image, affine, s), cv2.COLOR_RGB2BGR, dst=dst)
+                return
+        cv2.warpAffine(image, affine, (s, s), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=(0, 0, 0))
+
+
+def _as_detections(given: BoxesLike, where: str) -> list[tuple[Box, float]]:
+    """Boxes given by the caller as ``(F, 4)`` or ``[(box, score), ...]``."""
+    try:
+        arr = np.asarray(given, dtype=np.float64)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is not None and arr.ndim == 2 and arr.shape[1] == 4:
+        return check_detections([(tuple(b), 1.0) for b in arr], where)
+    if arr is not None and arr.ndim == 1 and arr.shape[0] == 4:
+        return check_detections([(tuple(arr), 1.0)], where)
+    if arr is not None and arr.size == 0:
+        return []
+    return check_detections(given, where)
+
+
+def _open_onnx_for(path: Path, layout: Layout | str | None, threads: int | None) -> tuple[Any, dict, Path]:
+    """ONNX session for an ``.onnx`` file, or for a checkpoint (its own export, or one made in memory)."""
+    from kdlandmark.infer.export import load_onnx
+
+    if path.suffix == ".onnx":
+        session, meta = load_onnx(path, layout=layout, threads=threads)
+        return session, meta, path
+    from kdlandmark.train.checkpoint import load_checkpoint, model_checkpoint_files, read_model_meta
+
+    meta_path, _ = model_checkpoint_files(path)
+    ckpt_meta = read_model_meta(meta_path)
+    sha = (ckpt_meta.get("weights") or {}).get("sha256")
+    exported = meta_path.parent / "model.onnx"
+    if exported.is_file() and sha:
+        session, meta = load_onnx(exported, layout=layout, threads=threads)
+        if (meta.get("source") or {}).get("weights_sha256") == sha and meta.get("precision") == "fp32":
+            return session, meta, exported
+    from kdlandmark.infer.export import _export_meta, onnx_model_bytes, onnx_session
+
+    model, ckpt_meta = load_checkpoint(path, device="cpu", layout=layout)
+    size = int(ckpt_meta["input_size"])
+    data = onnx_model_bytes(model, size, dynamic_batch=True)
+    meta = _export_meta(ckpt_meta, meta_path.parent, input_size=size, precision="fp32", dynamic_batch=True,
+                        batch=1, opset=17)
+    return onnx_session(data, threads=threads, where=meta_path), meta, meta_path.parent

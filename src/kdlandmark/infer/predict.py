@@ -1,0 +1,343 @@
+"""``kdlandmark predict IMAGE|DIR|VIDEO ... --model CKPT --out DIR``: landmarks of files, written to disk.
+
+For each image: ``<out>/<name>.json`` (faces: box, score, layout, landmarks in image pixels), unless
+``--json-only`` an annotated copy ``<out>/<name>.<ext>`` (landmarks drawn with
+:func:`kdlandmark.evaluate.draw.draw_landmarks`, boxes with ``--show-box``), and with ``--pts`` (default
+on for layouts whose benchmark ships ``.pts`` files, i.e. 300W) one 1-based ``.pts`` file per face:
+``<name>.pts`` for the first face, ``<name>_1.pts``, ``<name>_2.pts`` ... for the others.
+
+Folders are read recursively (image extensions below), outputs mirror the sub-folders.  A video
+(``cv2.VideoCapture``) is read frame by frame and processed in batches of ``--batch`` frames; it writes
+``<name>.json`` (one entry per frame) and, unless ``--json-only``, an annotated ``<name>.mp4``.
+
+Unreadable files are reported on stderr as they are met and skipped; the command then ends with exit
+status 1 and a summary naming them.  Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdlandmark.data.samples import DatasetError
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "PTS_LAYOUTS", "collect_inputs", "annotate",
+           "example_figure",            "add_predict_arguments", "predict_main", "predict_files"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+#: Layouts whose benchmark stores landmarks as ``.pts`` files: ``--pts`` is on by default for them.
+PTS_LAYOUTS = frozenset({"300w"})
+
+
+def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """``[(file, output stem relative to --out)]`` for the given files and folders, and the problems met.
+
+    Files are taken as given (images or videos by extension; other extensions are tried as images and
+    reported if they cannot be read).  Folders are searched recursively for image and video files.
+    """
+    items: list[tuple[Path, Path]] = []
+    problems: list[tuple[str, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in
+                           IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            if not found:
+                problems.append((str(p), "no image or video files in this folder"))
+            items.extend((f, f.relative_to(p).with_suffix("")) for f in found)
+        elif p.is_file():
+            items.append((p, Path(p.stem)))
+        else:
+            problems.append((str(p), "no such file or folder"))
+    seen: dict[Path, int] = {}
+    unique = []
+    for f, stem in items:                    # a.jpg and a.png in one folder: keep both outputs apart
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        unique.append((f, stem if k == 0 else stem.with_name(f"{stem.name}_{f.suffix.lstrip('.')}")))
+    return unique, problems
+
+
+def annotate(image_bgr: np.ndarray, faces: Sequence[Any], *, show_box: bool = False) -> np.ndarray:
+    """A copy of the image with each face's landmarks (and box) drawn."""
+    import cv2
+
+    from kdlandmark.evaluate.draw import draw_landmarks
+
+    out = image_bgr
+    for face in faces:
+        out = draw_landmarks(out, face.landmarks, face.layout)
+        if show_box:
+            x0, y0, x1, y1 = (round(v) for v in face.box)
+            cv2.rectangle(out, (x0, y0), (x1, y1), (0, 160, 255), 1, cv2.LINE_AA)
+            cv2.putText(out, f"{face.score:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                        (0, 160, 255), 1, cv2.LINE_AA)
+    return out if out is not image_bgr else image_bgr.copy()
+
+
+def _pts_paths(stem: Path, count: int) -> list[Path]:
+    return [stem.with_name(stem.name + (".pts" if k == 0 else f"_{k}.pts")) for k in range(count)]
+
+
+def _write_image_outputs(out: Path, stem: Path, src: Path, image: np.ndarray, faces: list[Any], *,
+                         json_only: bool, pts: bool, show_box: bool) -> None:
+    import cv2
+
+    from kdlandmark.data.formats._common import write_pts
+
+    base = out / stem
+    base.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"image": str(src), "width": int(image.shape[1]), "height": int(image.shape[0]),
+           "faces": [f.to_json() for f in faces]}
+    base.with_name(base.name + ".json").write_text(json.dumps(doc, indent=1) + "\n")
+    if pts:
+        for path, face in zip(_pts_paths(base, len(faces)), faces, strict=True):
+            write_pts(path, face.landmarks)
+    if not json_only:
+        ext = src.suffix.lower() if src.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") else ".png"
+        target = base.with_name(base.name + ext)
+        if target.resolve() == src.resolve():
+            raise DatasetError(target, "refusing to overwrite the input image; choose another --out")
+        if not cv2.imwrite(str(target), annotate(image, faces, show_box=show_box)):
+            raise DatasetError(target, "cannot write the annotated image")
+
+
+def _frames(cap: Any, batch: int) -> Iterator[list[np.ndarray]]:
+    chunk: list[np.ndarray] = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        chunk.append(frame)
+        if len(chunk) == batch:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _process_video(lmk: Any, src: Path, out: Path, stem: Path, args: argparse.Namespace) -> int:
+    """Landmarks of every frame of a video; returns the number of frames."""
+    import cv2
+    from tqdm.auto import tqdm
+
+    cap = cv2.VideoCapture(str(src))
+    if not cap.isOpened():
+        raise DatasetError(src, "cannot open video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    base = out / stem
+    base.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    frames_doc: list[dict] = []
+    index = 0
+    try:
+        with tqdm(total=total, desc=src.name, unit="frame", disable=None, leave=False) as bar:
+            for chunk in _frames(cap, max(1, args.batch)):
+                results = lmk.predict(chunk)
+                for frame, faces in zip(chunk, results, strict=True):
+                    frames_doc.append({"frame": index, "faces": [f.to_json() for f in faces]})
+                    if not args.json_only:
+                        if writer is None:
+                            h, w = frame.shape[:2]
+                            writer = cv2.VideoWriter(str(base.with_name(base.name + ".mp4")),
+                                                     cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                            if not writer.isOpened():
+                                raise DatasetError(base.with_name(base.name + ".mp4"),
+                                                   "cannot open a video writer")
+                        writer.write(annotate(frame, faces, show_box=args.show_box))
+                    index += 1
+                bar.update(len(chunk))
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if index == 0:
+        raise DatasetError(src, "no frame could be decoded")
+    doc = {"video": str(src), "fps": fps, "frames": frames_doc}
+    base.with_name(base.name + ".json").write_text(json.dumps(doc) + "\n")
+    return index
+
+
+def _boxes_for(table: dict[str, list] | None, f: Path, stem: Path) -> Any:
+    """The table's boxes for file ``f`` (by relative path, file name or stem), or None (detect)."""
+    if table is None:
+        return None
+    for key in (stem.with_suffix(f.suffix).as_posix(), f.name, f.stem, str(f)):
+        if key in table:
+            return table[key]
+    return None
+
+
+def predict_files(lmk: Any, inputs: Sequence[str | Path], out: str | Path, *, args: argparse.Namespace,
+                  boxes: dict[str, list] | None = None) -> dict:
+    """Run ``lmk`` on files and folders, write the outputs; returns counts and the list of problems.
+
+    ``boxes`` maps image names (relative path, file name or stem) to face boxes; those images skip
+    detection.  An image the detector cannot serve (no detector, no boxes) is reported as a problem.
+    """
+    from tqdm.auto import tqdm
+
+    from kdlandmark.infer.landmarker import to_bgr
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items, problems = collect_inputs(inputs)
+    for path, why in problems:
+        print(f"error: {path}: {why}", file=sys.stderr)
+    pts = args.pts if args.pts is not None else lmk.layout.name in PTS_LAYOUTS
+    images = [(f, s) for f, s in items if f.suffix.lower() not in VIDEO_EXTENSIONS]
+    videos = [(f, s) for f, s in items if f.suffix.lower() in VIDEO_EXTENSIONS]
+    stats = {"images": 0, "faces": 0, "no_face": [], "frames": 0, "videos": 0, "problems": problems}
+    batch = max(1, int(args.batch))
+    with tqdm(total=len(images), desc="predict", unit="image", disable=None) as bar:
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            loaded = []
+            for f, s in chunk:
+                try:
+                    loaded.append((f, s, to_bgr(f)))
+                except DatasetError as exc:
+                    problems.append((str(f), exc.problem))
+                    print(f"error: {f}: {exc.problem}", file=sys.stderr)
+            given = [_boxes_for(boxes, f, s) for f, s, _ in loaded]
+            usable = [k for k, g in enumerate(given) if g is not None or lmk.detector is not None]
+            for k in sorted(set(range(len(loaded))) - set(usable)):
+                problems.append((str(loaded[k][0]), "no face box given and no detector"))
+                print(f"error: {loaded[k][0]}: no face box given and no detector", file=sys.stderr)
+            loaded = [loaded[k] for k in usable]
+            given = [given[k] for k in usable]
+            results = lmk.predict([img for _, _, img in loaded], given) if loaded else []
+            for (f, s, img), faces in zip(loaded, results, strict=True):
+                try:
+                    _write_image_outputs(out, s, f, img, faces, json_only=args.json_only, pts=pts,
+                                         show_box=args.show_box)
+                except (DatasetError, OSError) as exc:
+                    problems.append((str(f), str(exc)))
+                    print(f"error: {f}: {exc}", file=sys.stderr)
+                    continue
+                stats["images"] += 1
+                stats["faces"] += len(faces)
+                if not faces:
+                    stats["no_face"].append(str(f))
+            bar.update(len(chunk))
+    for f, s in videos:
+        if lmk.detector is None:
+            problems.append((str(f), "videos need a face detector"))
+            print(f"error: {f}: videos need a face detector", file=sys.stderr)
+            continue
+        try:
+            stats["frames"] += _process_video(lmk, f, out, s, args)
+            stats["videos"] += 1
+        except DatasetError as exc:
+            problems.append((str(f), exc.problem))
+            print(f"error: {f}: {exc.problem}", file=sys.stderr)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdlandmark predict``."""
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO", help="images, folders or videos")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint folder or exported .onnx")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                        help="default: onnx for a .onnx model, torch otherwise")
+    parser.add_argument("--device", default="cpu", help="PyTorch device (cpu, cuda)")
+    parser.add_argument("--detector", default="auto",
+                        help="auto/haar: OpenCV Haar cascade; full: each image is one pre-cropped face")
+    parser.add_argument("--boxes", type=Path, default=None,
+                        help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
+    parser.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")
+    parser.add_argument("--max-faces", type=int, default=None, help="at most this many faces per image")
+    parser.add_argument("--batch", type=int, default=16, help="images (or video frames) per batch")
+    parser.add_argument("--show-box", action="store_true", help="draw face boxes and scores too")
+    parser.add_argument("--json-only", action="store_true", help="write JSON (and .pts) only, no pictures")
+    parser.add_argument("--pts", dest="pts", action="store_true", default=None,
+                        help="write 1-based .pts files (default: on for the 300w layout)")
+    parser.add_argument("--no-pts", dest="pts", action="store_false", help="do not write .pts files")
+
+
+def read_boxes_table(path: Path) -> dict[str, list]:
+    """Face boxes from a JSON file ``{image name or relative path: [[x0, y0, x1, y1], ...]}``."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(path, f"cannot read the boxes JSON ({exc})") from None
+    if not isinstance(table, dict):
+        raise DatasetError(path, "expected a JSON object {image name: [[x0, y0, x1, y1], ...]}")
+    return table
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read."""
+    from kdlandmark.infer.detect import DetectorUnavailable
+    from kdlandmark.infer.landmarker import Landmarker
+
+    backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
+    table = read_boxes_table(args.boxes) if args.boxes is not None else None
+    lmk = Landmarker.from_checkpoint(args.model, backend=backend, device=args.device, detector=args.detector,
+                                     batch_size=max(1, args.batch), min_score=args.min_score,
+                                     max_faces=args.max_faces)
+    try:
+        _ = lmk.detector            # build it now: a missing detector is one clear error, not one per file
+    except DetectorUnavailable as exc:
+        if table is None:
+            print(f"error: face detector {args.detector!r} unavailable: {exc}", file=sys.stderr)
+            return 2
+        lmk._detector_spec = None                   # every image must then be in the boxes table
+    stats = predict_files(lmk, args.inputs, args.out, args=args, boxes=table)
+    done = f"{stats['images']} image(s), {stats['faces']} face(s)"
+    if stats["videos"]:
+        done += f", {stats['videos']} video(s) with {stats['frames']} frame(s)"
+    print(f"predict: {done} -> {args.out}")
+    if stats["no_face"]:
+        print(f"predict: no face found in {len(stats['no_face'])} image(s): "
+              + ", ".join(stats["no_face"][:10]) + (" ..." if len(stats["no_face"]) > 10 else ""))
+    if stats["problems"]:
+        print(f"predict: {len(stats['problems'])} input(s) could not be processed:", file=sys.stderr)
+        for path, why in stats["problems"]:
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def example_figure(model: str | Path, out: str | Path, *, count: int = 6, seed: int = 777, size: int = 256,
+                   cols: int = 3, backend: str = "torch") -> Path:
+    """Picture of ``model``'s landmarks on ``count`` synthetic test faces (docs/img/predict_example.png).
+
+    Faces come from :func:`kdlandmark.data.synth.render_face` with ``seed`` (not a training seed); each
+    face box is the renderer's detector-like box (the landmark box with a few percent of jitter), so
+    the picture shows the full box -> crop -> model -> image path.  Predictions in green, the box in
+    orange; the inter-ocular NME of each face is written in its corner.
+    """
+    import cv2
+
+    from kdlandmark.data.synth import render_face
+    from kdlandmark.evaluate.draw import image_grid
+    from kdlandmark.evaluate.metrics import nme_per_image
+    from kdlandmark.infer.landmarker import Landmarker
+
+    lmk = Landmarker.from_checkpoint(model, backend=backend, detector=None)
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for _ in range(count):
+        img, lm, info = render_face(rng, lmk.layout, size)
+        face = lmk(img, boxes=[info["box"]])[0]
+        nme = float(nme_per_image(face.landmarks[None], lm[None], lmk.layout)[0])
+        tile = annotate(img, [face], show_box=True)
+        cv2.putText(tile, f"NME {100 * nme:.1f}%", (5, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), image_grid(tiles, cols), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise OSError(f"{out}: cannot write the figure")
+    return out

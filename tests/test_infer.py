@@ -1,0 +1,381 @@
+"""Inference: box -> crop -> model -> image mapping, inputs, detectors, batches, bad files, predict CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdlandmark.data.crop import crop_affine, landmark_box
+from kdlandmark.data.formats._common import read_pts
+from kdlandmark.data.samples import DatasetError
+from kdlandmark.infer.detect import (
+    BoxTransform,
+    DetectorUnavailable,
+    FullImageDetector,
+    HaarDetector,
+    box_iou,
+    calibrate_box_transform,
+    full_image_box,
+    haar_available,
+    make_detector,
+)
+from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker
+from kdlandmark.infer.predict import add_predict_arguments, predict_main
+from kdlandmark.layouts import get_layout
+from kdlandmark.models import LandmarkRegressor
+from kdlandmark.train.checkpoint import CheckpointError, model_meta, save_model_checkpoint
+
+LAYOUT = get_layout("300w")
+SIZE = 64
+MARGIN = 0.15
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _meta(size: int = SIZE, margin: float = MARGIN, layout: str = "300w") -> dict:
+    net = LandmarkRegressor("mobilenetv2_050", get_layout(layout).num_points, dropout=0.0)
+    return model_meta(net, layout=layout, input_size=size, crop={"margin": margin})
+
+
+_META = _meta()
+
+
+class FixedRunner:
+    """A 'model' that returns fixed model coordinates and records what it was given."""
+
+    def __init__(self, coords: np.ndarray) -> None:
+        self.coords = np.asarray(coords, np.float32)
+        self.inputs: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.inputs.append(x.copy())
+        return np.broadcast_to(self.coords, (len(x), *self.coords.shape)).copy()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = LandmarkRegressor("mobilenetv2_050", LAYOUT.num_points, dropout=0.0).eval()
+    folder = tmp_path_factory.mktemp("ckpt") / "best"
+    return save_model_checkpoint(folder, net, layout=LAYOUT, input_size=SIZE,
+                                 crop={"margin": MARGIN, "context_margin": 0.4, "stored_size": 96,
+                                       "view_scale": 1.3 / 1.8})
+
+
+@pytest.fixture(scope="module")
+def face():
+    from kdlandmark.infer.bench import synthetic_faces
+
+    (img, lm), = synthetic_faces(LAYOUT, 1, seed=3, size=160)
+    return img, lm
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+boxes = st.tuples(st.floats(-50, 300), st.floats(-50, 300), st.floats(4, 400), st.floats(4, 400))
+
+
+@settings(max_examples=40, deadline=None)
+@given(box=boxes, u=st.floats(-0.6, 0.6), v=st.floats(-0.6, 0.6), margin=st.floats(0.0, 0.5))
+def test_fixed_model_coords_map_to_expected_image_pixels(box, u, v, margin):
+    """Model coords (u, v) of a crop around ``box`` are ``box centre + (u, v) * square side`` in the image."""
+    x0, y0, w, h = box
+    b = (x0, y0, x0 + w, y0 + h)
+    coords = np.tile(np.array([[u, v]], np.float32), (LAYOUT.num_points, 1))
+    lmk = Landmarker(FixedRunner(coords), _meta(margin=margin), detector=None)
+    image = np.zeros((200, 240, 3), np.uint8)
+    got = lmk.landmarks_in_boxes(image, [b])[0]
+    side = max(w, h) * (1 + 2 * margin)
+    expected = np.array([x0 + w / 2 + u * side, y0 + h / 2 + v * side])
+    np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), rtol=1e-5, atol=2e-3)
+
+
+def test_crop_is_the_shared_crop_in_rgb_over_255():
+    """The model input is cv2.warpAffine(image, crop_affine(box, S, margin)) in RGB order, divided by 255."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    box = (30.0, 20.0, 90.0, 100.0)
+    runner = FixedRunner(np.zeros((LAYOUT.num_points, 2)))
+    Landmarker(runner, _META, detector=None).landmarks_in_boxes(image, [box])
+    ref = cv2.warpAffine(image, crop_affine(box, SIZE, MARGIN), (SIZE, SIZE), flags=cv2.INTER_LINEAR)
+    expected = ref[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_allclose(runner.inputs[0][0], expected, atol=1e-6)
+    assert runner.inputs[0].dtype == np.float32
+
+
+def test_antialiased_crop_keeps_geometry_and_content():
+    """Large faces are area-reduced first: same geometry, a crop close to the plain warp of a smooth image."""
+    yy, xx = np.mgrid[0:800, 0:800]
+    image = np.stack([xx * 255 // 800, yy * 255 // 800, (xx + yy) * 255 // 1600], -1).astype(np.uint8)
+    box = (100.0, 100.0, 700.0, 700.0)
+    assert crop_affine(box, SIZE, MARGIN)[0, 0] < ANTIALIAS_BELOW
+    runner = FixedRunner(np.zeros((LAYOUT.num_points, 2)))
+    got = Landmarker(runner, _META, detector=None).landmarks_in_boxes(image, [box])
+    np.testing.assert_allclose(got[0], np.broadcast_to([400.0, 400.0], got[0].shape), atol=1e-3)
+    plain = cv2.warpAffine(image, crop_affine(box, SIZE, MARGIN), (SIZE, SIZE))[:, :, ::-1]
+    assert np.abs(runner.inputs[0][0].transpose(1, 2, 0) * 255 - plain).mean() < 3.0
+
+
+@pytest.mark.parametrize("w,h", [(100, 100), (160, 90), (64, 200)])
+def test_full_image_box_crops_exactly_the_image(w, h):
+    a = crop_affine(full_image_box(w, h, MARGIN), SIZE, MARGIN)
+    side = max(w, h)
+    # the image's longer extent [-0.5, side - 0.5] maps onto the crop's [-0.5, SIZE - 0.5]
+    lo = a[:, :2] @ np.array([-0.5, -0.5]) + a[:, 2]
+    hi = a[:, :2] @ np.array([side - 0.5, side - 0.5]) + a[:, 2]
+    if w >= h:
+        assert lo[0] == pytest.approx(-0.5) and hi[0] == pytest.approx(SIZE - 0.5)
+    else:
+        assert lo[1] == pytest.approx(-0.5) and hi[1] == pytest.approx(SIZE - 0.5)
+
+
+def test_box_transform_and_calibration_recover_a_known_map():
+    truth = BoxTransform(scale=0.9, dx=0.02, dy=0.15)
+    rng = np.random.default_rng(1)
+    lms, raw = [], []
+    for _ in range(30):
+        cx, cy, s = rng.uniform(80, 120), rng.uniform(80, 120), rng.uniform(40, 80)
+        det = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
+        x0, y0, x1, y1 = truth(det)
+        lms.append(np.array([[x0, y0], [x1, y1], [(x0 + x1) / 2, y1]], np.float32))
+        raw.append([(det, 1.0), ((0.0, 0.0, 5.0, 5.0), 2.0)])             # plus a false positive
+    it = iter(raw)
+    fitted, stats = calibrate_box_transform(lambda _img: next(it), [None] * 30, lms)
+    assert fitted.scale == pytest.approx(0.9, abs=1e-4)
+    assert (fitted.dx, fitted.dy) == pytest.approx((0.02, 0.15), abs=1e-4)
+    assert stats["detected"] == 30 and stats["iou_median"] > 0.99
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def test_path_bgr_array_grey_and_pil_inputs_agree(tmp_path, checkpoint, face):
+    from PIL import Image
+
+    img, _ = face
+    lmk = Landmarker.from_checkpoint(checkpoint, detector="full")
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), img)
+    ref = lmk(img)
+    assert len(ref) == 1 and isinstance(ref[0], FaceLandmarks)
+    assert ref[0].landmarks.shape == (LAYOUT.num_points, 2) and ref[0].landmarks.dtype == np.float32
+    assert ref[0].layout is LAYOUT
+    for other in (lmk(path), lmk(str(path)), lmk(Image.fromarray(img[:, :, ::-1].copy()))):
+        np.testing.assert_allclose(other[0].landmarks, ref[0].landmarks, atol=1e-4)
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    assert lmk(grey)[0].landmarks.shape == (LAYOUT.num_points, 2)
+    swapped = lmk(np.ascontiguousarray(img[:, :, ::-1]))            # RGB passed as BGR: a different input
+    assert np.abs(swapped[0].landmarks - ref[0].landmarks).max() > 1e-4
+
+
+def test_unreadable_image_and_bad_arrays_are_errors(tmp_path, checkpoint):
+    lmk = Landmarker.from_checkpoint(checkpoint, detector="full")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        lmk(bad)
+    with pytest.raises(ValueError, match="uint8"):
+        lmk(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(TypeError):
+        lmk(12345)
+
+
+# ------------------------------------------------------------------------------------------------ detectors
+def test_detector_plugin_is_called_with_bgr_and_its_boxes_are_used(face):
+    img, lm = face
+    calls = []
+    box = landmark_box(lm)
+
+    def detector(image_bgr):
+        calls.append(image_bgr)
+        return [(box, 0.9), ((0, 0, 20, 20), 0.1)]
+
+    coords = np.zeros((LAYOUT.num_points, 2), np.float32)
+    lmk = Landmarker(FixedRunner(coords), _META, detector=detector)
+    faces = lmk(img)
+    assert len(calls) == 1 and calls[0] is img
+    assert [f.score for f in faces] == [0.9, 0.1]
+    assert faces[0].box == pytest.approx(box)
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    np.testing.assert_allclose(faces[0].landmarks[0], centre, atol=1e-3)
+    assert len(Landmarker(FixedRunner(coords), _META, detector=detector, min_score=0.5)(img)) == 1
+    assert len(Landmarker(FixedRunner(coords), _META, detector=detector, max_faces=1)(img)) == 1
+
+
+def test_given_boxes_skip_detection_and_bad_boxes_are_refused(face):
+    img, lm = face
+
+    def detector(_image):
+        raise AssertionError("detector must not run when boxes are given")
+
+    lmk = Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector=detector)
+    assert len(lmk(img, boxes=[landmark_box(lm)])) == 1
+    assert len(lmk(img, boxes=np.array([[0, 0, 10, 10], [5, 5, 50, 60]]))) == 2
+    assert lmk(img, boxes=[]) == []
+    with pytest.raises(ValueError, match="degenerate"):
+        lmk(img, boxes=[(10, 10, 5, 50)])
+    bad = Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector=lambda _i: [(1, 2)])
+    with pytest.raises(ValueError, match="detector"):
+        bad(img)
+
+
+def test_batches_of_images_and_faces_match_single_calls(checkpoint, face):
+    img, lm = face
+    box = landmark_box(lm)
+    lmk = Landmarker.from_checkpoint(checkpoint, detector="full", batch_size=2)
+    other = np.ascontiguousarray(img[::-1])
+    many = lmk.predict([img, other, img], boxes=[[box, (10, 10, 90, 100), box], [], None])
+    assert [len(r) for r in many] == [3, 0, 1]
+    single = lmk(img, boxes=[(10, 10, 90, 100)])[0]
+    np.testing.assert_allclose(many[0][1].landmarks, single.landmarks, atol=1e-4)
+    np.testing.assert_allclose(many[0][0].landmarks, many[0][2].landmarks, atol=1e-4)
+    np.testing.assert_allclose(many[2][0].landmarks, lmk(img)[0].landmarks, atol=1e-4)
+
+
+def test_auto_detector_is_haar_or_a_clear_error():
+    ok, why = haar_available()
+    if ok:
+        assert isinstance(make_detector("auto"), HaarDetector)
+    else:
+        with pytest.raises(DetectorUnavailable, match="opencv-python-headless<5"):
+            make_detector("auto")
+        assert "CascadeClassifier" in why or "cascade" in why
+    assert isinstance(make_detector("full", 0.2), FullImageDetector)
+    assert make_detector(None) is None
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("yolo")
+
+
+@pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
+def test_haar_finds_a_frontal_synthetic_face():
+    from kdlandmark.data.synth import frontal_shape
+    from kdlandmark.infer.bench import synthetic_faces
+
+    found = 0
+    for img, lm in synthetic_faces(LAYOUT, 12, seed=5, size=256):
+        dets = HaarDetector(transform="300w")(img)
+        b = landmark_box(lm)
+        found += any(box_iou(d, b) > 0.4 for d, _ in dets)
+    assert found >= 3
+    assert frontal_shape(LAYOUT).shape == (LAYOUT.num_points, 2)
+
+
+def test_landmarker_with_boxes_never_builds_a_detector(face):
+    img, lm = face
+    lmk = Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector="auto")
+    assert len(lmk(img, boxes=[landmark_box(lm)])) == 1
+
+
+# ------------------------------------------------------------------------------------------------ bad files
+def test_bad_checkpoints_raise_naming_the_file(tmp_path, checkpoint):
+    import shutil
+
+    with pytest.raises(CheckpointError, match="300w"):
+        Landmarker.from_checkpoint(checkpoint, layout="wflw")
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    w = broken / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Landmarker.from_checkpoint(broken)
+    bad_json = tmp_path / "badjson"
+    shutil.copytree(checkpoint, bad_json)
+    (bad_json / "model.json").write_text('{"format": "kdlandmark-checkpoint", "architec')
+    with pytest.raises(CheckpointError, match="model.json"):
+        Landmarker.from_checkpoint(bad_json)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(checkpoint, mismatch)
+    meta = json.loads((mismatch / "model.json").read_text())
+    meta["architecture"]["num_points"] = 98
+    meta["layout"] = {"name": "wflw", "num_points": 98}
+    (mismatch / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Landmarker.from_checkpoint(mismatch)
+    with pytest.raises(CheckpointError, match="nowhere"):
+        Landmarker.from_checkpoint(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ predict CLI
+def _predict_args(argv):
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_predict_folder_with_an_unreadable_file(tmp_path, checkpoint, face, capsys):
+    img, _ = face
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    cv2.imwrite(str(src / "a.png"), img)
+    cv2.imwrite(str(src / "sub" / "b.jpg"), img[:, ::-1])
+    (src / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    out = tmp_path / "out"
+    rc = predict_main(_predict_args([str(src), "--model", str(checkpoint), "--out", str(out),
+                                     "--detector", "full", "--show-box"]))
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "c.jpg" in err
+    assert (out / "a.png").is_file() and (out / "sub" / "b.jpg").is_file()
+    assert not (out / "c.json").exists()
+    doc = json.loads((out / "a.json").read_text())
+    assert len(doc["faces"]) == 1 and doc["faces"][0]["layout"] == "300w"
+    lm = np.array(doc["faces"][0]["landmarks"])
+    np.testing.assert_allclose(read_pts(out / "a.pts", expected=68), lm, atol=2e-3)   # 1-based on disk
+    raw = (out / "a.pts").read_text().splitlines()
+    first = [float(v) for v in raw[3].split()]
+    assert first == pytest.approx(lm[0] + 1, abs=2e-3)
+
+
+def test_predict_json_only_boxes_and_pts_switch(tmp_path, checkpoint, face):
+    img, lm = face
+    cv2.imwrite(str(tmp_path / "x.png"), img)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"x.png": [list(landmark_box(lm))]}))
+    out = tmp_path / "out"
+    rc = predict_main(_predict_args([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out),
+                                     "--boxes", str(boxes), "--detector", "none", "--json-only", "--no-pts"]))
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x.json"]
+    doc = json.loads((out / "x.json").read_text())
+    assert doc["faces"][0]["box"] == pytest.approx(list(landmark_box(lm)), abs=1e-3)
+
+
+def test_predict_video_in_batches(tmp_path, checkpoint, face):
+    img, _ = face
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (img.shape[1], img.shape[0]))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV cannot write videos")
+    for k in range(5):
+        writer.write(np.roll(img, 2 * k, axis=1))
+    writer.release()
+    out = tmp_path / "out"
+    rc = predict_main(_predict_args([str(video), "--model", str(checkpoint), "--out", str(out), "--detector",
+                                     "full", "--batch", "2", "--json-only"]))
+    assert rc == 0
+    doc = json.loads((out / "clip.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3, 4]
+    assert all(len(f["faces"]) == 1 for f in doc["frames"])
+
+
+def test_landmarker_runs_opencv_single_threaded_unless_told_otherwise():
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector=None)
+        assert cv2.getNumThreads() == 1
+        cv2.setNumThreads(2)
+        Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector=None, cv2_threads=None)
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
