@@ -10,12 +10,12 @@ is resumed from its last checkpoint, not restarted).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdlandmark.atomic import write_json_atomic
 from kdlandmark.config import ExperimentConfig, load_config, save_config, train_config
 
 __all__ = ["STAGES", "ROLE_LABELS", "Pipeline", "run_pipeline", "resolve_preset"]
@@ -42,15 +42,6 @@ def resolve_preset(name_or_path: str | Path) -> Path:
             return cand
     known = sorted(q.stem for q in _CONFIG_DIR.glob("*.yaml")) if _CONFIG_DIR.is_dir() else []
     raise FileNotFoundError(f"{name_or_path}: no such config file or preset (presets: {', '.join(known)})")
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -114,7 +105,7 @@ class Pipeline:
         resume = resolve_checkpoint_dir(run / "last", STATE_META) is not None
         result = train(train_config(self.exp, role, resume=resume))
         result = {k: v for k, v in result.items() if k != "history"}
-        _write_json_atomic(run / "result.json", result)
+        write_json_atomic(run / "result.json", result)
 
     def evaluate_done(self) -> bool:
         return all((self.eval_dir(r) / "metrics.json").is_file() for r in ROLE_LABELS)
@@ -141,7 +132,7 @@ class Pipeline:
         ev = self.exp.eval
         out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
                "threshold": ev.failure_threshold, "models": rows}
-        _write_json_atomic(self.root / "results.json", out)
+        write_json_atomic(self.root / "results.json", out)
         (self.root / "results.md").write_text(f"# {self.exp.name}: results\n\n{table}\n", encoding="utf-8")
         self.log(table)
         return out
@@ -178,7 +169,7 @@ class Pipeline:
             if name in stages:
                 done, fn = plan[name]
                 times[name] = self._timed(name, done(), fn)
-        _write_json_atomic(self.root / "stage_times.json", times)
+        write_json_atomic(self.root / "stage_times.json", times)
         return times
 
 

@@ -33,19 +33,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from kdlandmark.atomic import commit_file, save_array_atomic, tmp_path_for, write_json_atomic
 from kdlandmark.data.crop import DEFAULT_MARGIN, apply_affine, crop_affine, invert_affine, landmark_box
+from kdlandmark.data.formats._common import decode_image
 from kdlandmark.data.samples import DatasetError, FaceSample
-from kdlandmark.data.store import (
-    FORMAT_VERSION,
-    META,
-    SAMPLES,
-    SOFT,
-    PreparedSet,
-    commit_file,
-    save_array_atomic,
-    tmp_path_for,
-    write_json_atomic,
-)
+from kdlandmark.data.store import FORMAT_VERSION, META, SAMPLES, SOFT, PreparedSet
 from kdlandmark.layouts import LAYOUTS, Layout, get_layout, layout_for_points
 
 __all__ = [
@@ -74,29 +66,6 @@ BORDER_VALUE = (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------------- image operations
-
-def decode_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to 3-channel BGR uint8; :class:`DatasetError` naming the file otherwise.
-
-    Truncated files are refused even where OpenCV would decode them partially (a JPEG must end its
-    last scan with the end-of-image marker, a PNG must end with its ``IEND`` chunk), the same rule as
-    the format readers' ``verify_images`` check, applied here while decoding each file once.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DatasetError(path, f"cannot read image ({exc.strerror or exc})") from None
-    if not data:
-        raise DatasetError(path, "cannot decode image (empty file)")
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise DatasetError(path, "cannot decode image (truncated JPEG)")
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:-4] != b"IEND":
-        raise DatasetError(path, "cannot decode image (truncated PNG)")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise DatasetError(path, "cannot decode image")
-    return image
-
 
 def _as_bgr(image: np.ndarray, where: str) -> np.ndarray:
     """An embedded image (greyscale, BGR or BGRA) as 3-channel BGR uint8."""

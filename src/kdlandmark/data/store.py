@@ -18,13 +18,12 @@ a folder whose writer was killed never looks complete.  docs/DATA_PIPELINE.md de
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from kdlandmark.atomic import save_array_atomic, write_json_atomic
 from kdlandmark.data.samples import DatasetError
 from kdlandmark.layouts import Layout, get_layout
 
@@ -49,81 +48,6 @@ SOFT = "soft_landmarks.npy"
 def view_scale(margin: float, context_margin: float) -> float:
     """Fraction of the stored crop side that the model sees at rest: ``(1 + 2m) / (1 + 2c)``."""
     return (1.0 + 2.0 * margin) / (1.0 + 2.0 * context_margin)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def tmp_path_for(path: Path) -> Path:
-    """The temporary sibling a file is written to before it is renamed into place."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def commit_file(tmp: Path, path: Path) -> None:
-    """fsync ``tmp`` and atomically rename it to ``path``."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write ``array`` as ``.npy`` to ``path`` atomically: temporary file, fsync, ``os.replace``.
-
-    A reader sees either the old file or the complete new one, never a torn write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (numpy scalars and arrays are converted)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def _load_array(path: Path, *, mmap: bool = False) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdlandmark.atomic import fsync_dir as _fsync_dir
 from kdlandmark.layouts import Layout, get_layout
 
 __all__ = [
@@ -74,19 +75,6 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- writing
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``."""
     p = Path(path)

@@ -27,6 +27,7 @@ __all__ = [
     "format_pts",
     "images_by_stem",
     "check_image_file",
+    "decode_image",
     "check_landmarks",
     "check_box",
     "write_jpeg",
@@ -218,8 +219,8 @@ def images_by_stem(folder: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------- images
 
-def check_image_file(path: str | Path) -> None:
-    """Raise :class:`DatasetError` unless ``path`` is a complete, decodable image.
+def decode_image(path: str | Path) -> np.ndarray:
+    """The BGR pixels of ``path``, or :class:`DatasetError` unless it is a complete, decodable image.
 
     Some OpenCV builds decode a truncated JPEG partially (with only a warning), so a JPEG must also
     have its end-of-image marker ``FFD9`` after the last start-of-scan marker ``FFDA`` (entropy-coded
@@ -240,6 +241,12 @@ def check_image_file(path: str | Path) -> None:
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise DatasetError(path, "cannot decode image (corrupt or unsupported format)")
+    return image
+
+
+def check_image_file(path: str | Path) -> None:
+    """Raise :class:`DatasetError` naming ``path`` unless it is a complete, decodable image."""
+    decode_image(path)
 
 
 def as_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
