@@ -66,3 +66,10 @@ def test_results_table_has_a_row_per_model_and_three_columns_per_subset() -> Non
     assert len(table) == 2 + len(ROLE_LABELS)
     assert table[0].count("|") == 2 + 3 * 2
     assert "| Student (KD-Loss) | 4.00 | 1.00 | 0.600 |" in table[-1]
+
+
+@pytest.mark.parametrize("preset", ["paper-300w", "paper-300w-112", "paper-cofw", "paper-wflw", "demo"])
+def test_every_preset_loads_and_names_its_dataset(preset: str) -> None:
+    exp = load_config(resolve_preset(preset))
+    assert exp.dataset in ("300w", "cofw", "wflw")
+    assert exp.student.model.input_size <= exp.teacher.model.input_size
