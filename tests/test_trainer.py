@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
@@ -135,6 +135,7 @@ def test_lr_schedules() -> None:
        epochs=st.integers(1, 40), steps=st.integers(1, 30), warmup=st.floats(0, 5),
        min_ratio=st.floats(0, 0.5), gamma=st.floats(0.05, 1.0))
 def test_lr_factor_stays_in_range(schedule, epochs, steps, warmup, min_ratio, gamma) -> None:
+    assume(warmup <= epochs)  # longer warm-ups are refused (test below)
     o = OptimConfig(lr=0.1, min_lr=0.1 * min_ratio, epochs=epochs, warmup_epochs=warmup, schedule=schedule,
                     step_gamma=gamma, step_epochs=3, lr_decay=1e-3)
     f = lr_factor_fn(o, steps)
@@ -145,6 +146,11 @@ def test_lr_factor_stays_in_range(schedule, epochs, steps, warmup, min_ratio, ga
     assert all(values[i] < values[i + 1] for i in range(min(warm, len(values)) - 1))  # warm-up rises
     if schedule != "constant" and len(values) > warm + 1:  # after warm-up it never rises
         assert all(values[i] >= values[i + 1] - 1e-12 for i in range(warm, len(values) - 1))
+
+
+def test_warmup_longer_than_the_run_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="warmup_epochs .* longer than the run"):
+        OptimConfig(epochs=2, warmup_epochs=3)
 
 
 # --------------------------------------------------------------------------------------------- training

@@ -165,6 +165,9 @@ class OptimConfig:
             raise ValueError("optim.lr, optim.epochs and optim.batch_size must be positive")
         if self.warmup_epochs < 0 or self.step_epochs <= 0:
             raise ValueError("optim.warmup_epochs must be >= 0 and optim.step_epochs > 0")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) is longer than the run "
+                             f"(optim.epochs {self.epochs}): the learning rate would never reach optim.lr")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip must be positive or null, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
