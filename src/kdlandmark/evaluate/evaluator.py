@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from kdlandmark.atomic import write_json_atomic
 from kdlandmark.data.crop import apply_affine, invert_affine
 from kdlandmark.evaluate.protocols import (
     NORMALISATIONS,
@@ -221,24 +222,8 @@ def save_predictions(out_dir: str | Path, preds: Predictions) -> tuple[Path, Pat
         **preds.info,
     }
     js = out / PREDICTIONS_JSON
-    _write_json(js, meta)
+    write_json_atomic(js, meta)
     return npz, js
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
 
 
 def load_predictions(predictions_dir: str | Path) -> Predictions:
@@ -302,7 +287,7 @@ def rescore(predictions_dir: str | Path, normalisation: str | None = None, thres
                            bootstrap=bootstrap, extra={k: old[k] for k in keep if k in old})
     result["rescored_from"] = str(d)
     if out is not None:
-        _write_json(Path(out), result)
+        write_json_atomic(Path(out), result)
     return result
 
 
@@ -505,7 +490,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
         "torch": torch.__version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
-    _write_json(out / METRICS_JSON, result)
+    write_json_atomic(out / METRICS_JSON, result)
     return result
 
 
