@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["fsync_dir", "tmp_path_for", "commit_file", "save_array_atomic", "write_json_atomic"]
+__all__ = ["fsync_dir", "tmp_path_for", "commit_file", "atomic_open", "atomic_write_bytes",
+           "save_array_atomic", "write_json_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,17 +46,20 @@ def commit_file(tmp: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write ``array`` as ``.npy`` to ``path`` atomically: temporary file, fsync, ``os.replace``.
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync it and rename it into place.
 
-    A reader sees either the old file or the complete new one, never a torn write.
+    A reader sees either the old file or the complete new one, never a torn write; on an exception
+    the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
+    encoding = None if "b" in mode else "utf-8"
     try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(array), allow_pickle=False)
+        with open(tmp, mode, encoding=encoding) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -61,6 +67,18 @@ def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
         if tmp.exists():
             tmp.unlink()
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` to ``path`` atomically (no pickled objects)."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
 
 
 def _json_default(obj: Any) -> Any:
@@ -75,17 +93,6 @@ def _json_default(obj: Any) -> Any:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (numpy scalars and arrays are converted)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+    with atomic_open(path, "w") as fh:
+        json.dump(obj, fh, indent=1, default=_json_default)
+        fh.write("\n")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdlandmark.atomic import atomic_write_bytes
 from kdlandmark.atomic import fsync_dir as _fsync_dir
 from kdlandmark.layouts import Layout, get_layout
 
@@ -75,18 +76,6 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
-    _fsync_dir(p.parent)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, allow_nan=True) + "\n").encode("utf-8")
 
