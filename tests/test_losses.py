@@ -368,6 +368,9 @@ def test_config_validation_and_presets() -> None:
         KDLossConfig(tough_alpha_neg=0.3)
     with pytest.raises(ValueError, match="w_main"):
         KDLossConfig(w_main=-1)
+    with pytest.raises(ValueError, match="l2_warmup_epochs"):
+        KDLossConfig(l2_warmup_epochs=-1)
+    assert KDLossConfig().l2_warmup_epochs == 0  # the paper: KD-Loss from the first step
     fig = KDLossConfig.paper_figure()
     assert (fig.tough_alpha_pos, fig.tough_alpha_neg, fig.main_c, fig.beta_ratio) == (1.0, -0.5, 1.0, 0.4)
     off = KDLossConfig.official_code()

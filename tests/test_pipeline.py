@@ -50,6 +50,34 @@ def test_pipeline_runs_every_stage_then_skips_them_all(synthetic_300w: Path, tmp
     assert "complete, skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_training_stages_side_by_side(synthetic_300w: Path, tmp_path: Path) -> None:
+    """``jobs: 2``: every training stage runs in its own process with its own log, and the KD student
+    starts only after both teachers have finished."""
+    exp = load_config(resolve_preset("demo"), TINY)
+    exp.data_root, exp.out = str(synthetic_300w), str(tmp_path / "run")
+    stages = ("prepare", "asm", *ROLE_LABELS)
+    exp.jobs = 2
+    times = Pipeline(exp).run(stages)
+    root = Path(exp.out)
+    for role in ROLE_LABELS:
+        assert (root / role / "result.json").is_file() and times[role] > 0
+        log = (root / "logs" / f"{role}.log").read_text()
+        assert f"[{role}] running" in log and f"epoch {exp.teacher.optim.epochs}/" in log
+    kd_start = (root / "kd" / "config.yaml").stat().st_mtime
+    assert kd_start >= max((root / t / "result.json").stat().st_mtime for t in ("tough", "tolerant"))
+    # done stages are not started again
+    assert Pipeline(exp).run(stages) == {s: 0.0 for s in stages}
+
+
+@pytest.mark.slow
+def test_a_failed_side_by_side_stage_names_itself_and_its_log(synthetic_300w: Path, tmp_path: Path) -> None:
+    exp = load_config(resolve_preset("demo"), [*TINY, "teacher.model.backbone=no_such_net", "jobs=2"])
+    exp.data_root, exp.out = str(synthetic_300w), str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match=r"\[(tough|tolerant|l2)\] failed .*logs/(tough|tolerant|l2)\.log"):
+        Pipeline(exp).run(("prepare", "asm", *ROLE_LABELS))
+
+
 def test_unknown_stage_and_missing_preset_are_clear_errors(tmp_path: Path) -> None:
     exp = load_config(resolve_preset("demo"))
     exp.out = str(tmp_path)

@@ -267,6 +267,31 @@ def test_kd_student_uses_frozen_teachers_on_the_same_batch(data, teachers, tmp_p
         assert math.isfinite(row[term])
 
 
+def test_kd_l2_warmup_is_the_baseline_then_kd_loss(data, teachers, tmp_path, monkeypatch) -> None:
+    """With ``kd.l2_warmup_epochs = 1`` the KD student's first epoch is the L2 baseline's first epoch
+    exactly (same loss, same validation NME, teachers not run); KD-Loss takes over in the second."""
+    runs = {}
+    for role in ("l2", "kd"):
+        cfg = tiny_train_config(data, tmp_path / role, role=role)
+        cfg.teachers.tough, cfg.teachers.tolerant = str(teachers["tough"]), str(teachers["tolerant"])
+        cfg.optim.epochs, cfg.kd.l2_warmup_epochs, cfg.deterministic = 2, 1, True
+        tr = Trainer(cfg)
+        calls: list[int] = []
+        real = tr._teacher_predict
+        monkeypatch.setattr(tr, "_teacher_predict",
+                            lambda x, real=real, tr=tr, calls=calls: calls.append(tr.epoch) or real(x))
+        hist = tr.fit()["history"]
+        adam_steps = {int(st["step"]) for st in tr.optimizer.state.values()}
+        runs[role] = (hist, calls, tr.steps_per_epoch, adam_steps)
+    (l2_hist, l2_calls, _, l2_adam), (kd_hist, kd_calls, steps, kd_adam) = runs["l2"], runs["kd"]
+    assert l2_calls == [] and kd_calls == [1] * steps  # teachers run in the KD epoch only
+    assert l2_adam == {2 * steps} and kd_adam == {steps}  # fresh optimiser moments when KD-Loss starts
+    assert kd_hist[0]["l2"] == l2_hist[0]["l2"] and kd_hist[0]["val_nme"] == l2_hist[0]["val_nme"]
+    assert "main" not in kd_hist[0] and math.isfinite(kd_hist[1]["main"]) and "l2" not in kd_hist[1]
+    assert kd_hist[1]["val_nme"] != l2_hist[1]["val_nme"]
+    assert "l2" in (tmp_path / "kd" / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
 def test_kd_needs_both_teachers(data, teachers, tmp_path) -> None:
     cfg = tiny_train_config(data, tmp_path / "kd", role="kd")
     cfg.teachers.tough = str(teachers["tough"])

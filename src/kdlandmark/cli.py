@@ -106,12 +106,14 @@ def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (native files)")
     p.add_argument("--out", type=Path, default=None, help="experiment folder")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training stages side by side, each in its own process (default: the config's jobs)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.pipeline import run_pipeline
 
-        run_pipeline(a.config, a.overrides, data_root=a.data_root, out=a.out, stages=a.stages)
+        run_pipeline(a.config, a.overrides, data_root=a.data_root, out=a.out, stages=a.stages, jobs=a.jobs)
         return 0
 
     p.set_defaults(func=run)
@@ -123,12 +125,14 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=1500, help="synthetic faces (train + test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training stages side by side, each in its own process (default: the config's jobs)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.pipeline import run_demo
 
-        run_demo(a.out, count=a.count, seed=a.seed, overrides=a.overrides, config=a.config)
+        run_demo(a.out, count=a.count, seed=a.seed, overrides=a.overrides, config=a.config, jobs=a.jobs)
         return 0
 
     p.set_defaults(func=run)

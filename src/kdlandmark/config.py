@@ -34,6 +34,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from kdlandmark.atomic import atomic_write_bytes
 from kdlandmark.data.augment import AugmentConfig
 from kdlandmark.losses import KDLossConfig
 
@@ -351,6 +352,10 @@ class ExperimentConfig:
         augment: training augmentation of every stage.
         runtime: execution settings shared by every training run.
         eval: evaluation settings.
+        jobs: training stages run at the same time, each in its own process (1: one after another).
+            The CPU threads are shared out between them; with at least ``jobs`` GPUs each job gets
+            its own.  The Tough-Teacher, Tolerant-Teacher and L2 student are independent; the KD
+            student starts when both teachers are done.
     """
 
     name: str = "experiment"
@@ -366,6 +371,11 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -639,9 +649,7 @@ def save_config(cfg: Any, path: str | Path, extra: dict | None = None) -> Path:
     data["provenance"] = _plain(prov)
     text = f"# {type(cfg).__name__} written by kdlandmark {prov['kdlandmark']}\n"
     text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
+    atomic_write_bytes(p, text.encode("utf-8"))  # several processes of one pipeline may save at once
     return p
 
 

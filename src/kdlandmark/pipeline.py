@@ -5,11 +5,19 @@ prepare -> asm -> tough -> tolerant -> kd -> l2 -> evaluate -> results (table) -
 Each stage looks at its own output first and skips itself when that output is complete, so a killed
 pipeline started again with the same command resumes where it stopped (a half-finished training run
 is resumed from its last checkpoint, not restarted).
+
+With ``jobs: N`` (N > 1) the training stages run side by side, each in its own
+``kdlandmark pipeline --stages ROLE`` process with a share of the CPU threads (or its own GPU when
+there are N of them): the two teachers and the L2 student are independent, the KD student waits for
+both teachers.  Each process logs to ``logs/ROLE.log`` under the experiment folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +36,8 @@ ROLE_LABELS = {
     "kd": "Student (KD-Loss)",
 }
 STAGES = ("prepare", "asm", "tough", "tolerant", "kd", "l2", "evaluate", "results", "report")
+#: Training stages and the training stages they need (prepare and ASM always run before them).
+TRAIN_DEPS = {"tough": (), "tolerant": (), "kd": ("tough", "tolerant"), "l2": ()}
 
 _CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -165,11 +175,99 @@ class Pipeline:
             "results": (lambda: False, self.results),
             "report": (lambda: False, self.report),
         }
+        parallel = [r for r in STAGES if r in TRAIN_DEPS and r in stages and not self.train_done(r)]
         for name in STAGES:
-            if name in stages:
-                done, fn = plan[name]
-                times[name] = self._timed(name, done(), fn)
+            if name not in stages:
+                continue
+            if self.exp.jobs > 1 and len(parallel) > 1 and name in parallel:
+                if name == parallel[0]:
+                    times.update(self._train_parallel(parallel, self.exp.jobs))
+                continue
+            done, fn = plan[name]
+            times[name] = self._timed(name, done(), fn)
         write_json_atomic(self.root / "stage_times.json", times)
+        return times
+
+    # -- side-by-side training ------------------------------------------------------------------
+    def _job_env(self, slot: int, jobs: int) -> dict[str, str]:
+        """Environment of the job in ``slot``: its share of the CPU threads, its own GPU if there are
+        enough of them (and the user has not pinned devices)."""
+        import torch
+
+        env = dict(os.environ)
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = threads
+        if torch.cuda.is_available() and torch.cuda.device_count() >= jobs and \
+                "CUDA_VISIBLE_DEVICES" not in os.environ and self.exp.runtime.device == "auto":
+            env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        return env
+
+    def _epochs_done(self, role: str) -> int:
+        csv_path = self.root / role / "metrics.csv"
+        try:
+            return max(0, len(csv_path.read_text(encoding="utf-8").splitlines()) - 1)
+        except OSError:
+            return 0
+
+    def _train_parallel(self, roles: Sequence[str], jobs: int) -> dict[str, float]:
+        """Train ``roles`` in up to ``jobs`` processes at once, each started when its inputs are done.
+
+        A failed job stops the others (each can resume later from its last checkpoint) and raises a
+        :class:`RuntimeError` that names the stage and ends with its log.
+        """
+        from tqdm.auto import tqdm
+
+        cfg_path = self.root / "config.yaml"
+        logs = self.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        waiting = list(roles)
+        running: dict[str, tuple[subprocess.Popen, int, float, Path]] = {}
+        times: dict[str, float] = {}
+        epochs = {r: (self.exp.teacher if r in ("tough", "tolerant") else self.exp.student).optim.epochs
+                  for r in roles}
+        self.log(f"[{', '.join(roles)}] running, up to {jobs} at once (logs: {logs})")
+        bar = tqdm(total=sum(epochs.values()), desc="training", unit="epoch", dynamic_ncols=True,
+                   disable=None)
+        try:
+            while waiting or running:
+                free = [i for i in range(jobs) if i not in {v[1] for v in running.values()}]
+                for role in list(waiting):
+                    if not free:
+                        break
+                    if any(d in waiting or d in running for d in TRAIN_DEPS[role]):
+                        continue  # its teachers are still training
+                    slot = free.pop(0)
+                    log = logs / f"{role}.log"
+                    cmd = [sys.executable, "-m", "kdlandmark", "pipeline", "--config", str(cfg_path),
+                           "--stages", role, "--jobs", "1"]
+                    with open(log, "ab") as fh:
+                        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                env=self._job_env(slot, jobs))
+                    running[role] = (proc, slot, time.perf_counter(), log)
+                    waiting.remove(role)
+                    tqdm.write(f"[{role}] started (log: {log})")
+                time.sleep(0.5)
+                for role, (proc, _slot, t0, log) in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    del running[role]
+                    if rc != 0 or not self.train_done(role):
+                        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                        raise RuntimeError(f"[{role}] failed (exit status {rc}); the last lines of {log}:\n"
+                                           f"{tail}")
+                    times[role] = time.perf_counter() - t0
+                    tqdm.write(f"[{role}] done in {times[role]:.1f} s")
+                bar.n = sum(min(epochs[r], self._epochs_done(r)) for r in roles)
+                bar.set_postfix_str(", ".join(sorted(running)))
+                bar.refresh()
+        finally:
+            for proc, *_ in running.values():
+                proc.terminate()
+            for proc, *_ in running.values():
+                proc.wait()
+            bar.close()
         return times
 
 
@@ -190,9 +288,11 @@ def results_table(rows: dict[str, dict], threshold: float) -> str:
 
 def run_pipeline(config: str | Path | ExperimentConfig, overrides: Sequence[str] = (), *,
                  data_root: str | Path | None = None, out: str | Path | None = None,
-                 stages: Sequence[str] = STAGES) -> dict[str, float]:
-    """Run (or resume) the whole recipe of ``config`` (a preset name, YAML path or config object)."""
+                 stages: Sequence[str] = STAGES, jobs: int | None = None) -> dict[str, float]:
+    """Run (or resume) the whole recipe of ``config`` (a preset name, YAML path or config object);
+    ``jobs`` overrides the config's number of side-by-side training stages."""
     exp = config if isinstance(config, ExperimentConfig) else load_config(resolve_preset(config), overrides)
+    _set_jobs(exp, jobs)
     if data_root is not None:
         exp.data_root = str(data_root)
     if out is not None:
@@ -212,12 +312,21 @@ Next steps:
 """
 
 
+def _set_jobs(exp: ExperimentConfig, jobs: int | None) -> None:
+    if jobs is not None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        exp.jobs = jobs
+
+
 def run_demo(out: str | Path = "runs/demo", *, count: int = 1500, seed: int = 0,
-             overrides: Sequence[str] = (), config: str | Path = "demo") -> dict[str, float]:
+             overrides: Sequence[str] = (), config: str | Path = "demo", jobs: int | None = None
+             ) -> dict[str, float]:
     """Synthesise a small 300W-format dataset and run the whole recipe on it with the CPU preset."""
     from kdlandmark.data import synth
 
     exp = load_config(resolve_preset(config), overrides)
+    _set_jobs(exp, jobs)
     out = Path(out)
     exp.out, exp.seed = str(out), seed
     data = out / "data"

@@ -8,7 +8,8 @@ role       target                        loss
 tough      hard landmarks (ground truth)  L2
 tolerant   soft landmarks (ASM)           L2
 l2         hard landmarks                 L2 (the student baseline)
-kd         hard landmarks                 KD-Loss with both frozen teachers' predictions
+kd         hard landmarks                 KD-Loss with both frozen teachers' predictions (plain L2 in
+                                          its first ``kd.l2_warmup_epochs``, 0 by default)
 =========  ============================  =====================================================
 
 Data path (no DataLoader): the training split's uint8 crops are read once into one tensor (on the
@@ -267,17 +268,19 @@ class Trainer:
         if cfg.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]
         self.train_model = train_model
+
+        # ---- teachers (before the per-rank seeding below: building them draws random numbers, and a
+        # KD student must see the same dropout and augmentation as the L2 baseline of the same seed)
+        self.teachers: dict[str, nn.Module] = {}
+        if cfg.role == "kd":
+            self._load_teachers()
+
         # per-rank streams of randomness after the shared initialisation (dropout, augmentation)
         self._seed_everything(cfg.seed + 7919 * (self.dist.rank + 1))
         self.data_gen = torch.Generator()
         self.data_gen.manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(cfg.seed * 1000 + 17 + self.dist.rank)
-
-        # ---- teachers
-        self.teachers: dict[str, nn.Module] = {}
-        if cfg.role == "kd":
-            self._load_teachers()
 
         # ---- optimisation
         self.optimizer = _make_optimizer(list(model.parameters()), cfg.optim)
@@ -407,10 +410,10 @@ class Trainer:
     def _loss(self, pred: torch.Tensor, targets: list[torch.Tensor], x: torch.Tensor
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         role = self.cfg.role
-        if role == "kd":
+        if role == "kd" and self.epoch >= self.cfg.kd.l2_warmup_epochs:
             t = self._teacher_predict(x)
             return kd_loss(pred, targets[0], t["tough"], t["tolerant"], self.cfg.kd)
-        target = targets[1] if role == "tolerant" else targets[0]
+        target = targets[1] if role == "tolerant" else targets[0]  # kd: its L2 warm-up epochs
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
@@ -448,6 +451,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.role == "kd" and epoch == cfg.kd.l2_warmup_epochs > 0:
+            # KD-Loss takes over from the L2 warm-up.  Its gradients are on another scale (a slope of
+            # order 1 per coordinate against L2's 2|P - G|), so the optimiser starts afresh: Adam's
+            # second moments remember ~1000 steps and would make the first KD steps far too large.
+            self.optimizer.state.clear()
         _set_train_mode(self.train_model, cfg.batchnorm)
         perm = torch.randperm(self.n_train, generator=self.data_gen)
         b, rank = cfg.optim.batch_size, self.dist.rank
