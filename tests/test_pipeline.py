@@ -78,6 +78,28 @@ def test_a_failed_side_by_side_stage_names_itself_and_its_log(synthetic_300w: Pa
         Pipeline(exp).run(("prepare", "asm", *ROLE_LABELS))
 
 
+def test_side_by_side_jobs_share_the_threads_and_get_a_gpu_each(monkeypatch, tmp_path: Path) -> None:
+    import os
+
+    import torch
+
+    exp = load_config(resolve_preset("demo"))
+    exp.out = str(tmp_path)
+    pipe = Pipeline(exp)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env = pipe._job_env(1, 2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert pipe._job_env(0, 3)["OMP_NUM_THREADS"] == "2"
+    assert "CUDA_VISIBLE_DEVICES" not in pipe._job_env(0, 3)  # fewer GPUs than jobs: they share
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
+    assert pipe._job_env(1, 2)["CUDA_VISIBLE_DEVICES"] == "5,6"  # the user's choice stands
+    with pytest.raises(ValueError, match="jobs"):
+        load_config(resolve_preset("demo"), ["jobs=0"])
+
+
 def test_unknown_stage_and_missing_preset_are_clear_errors(tmp_path: Path) -> None:
     exp = load_config(resolve_preset("demo"))
     exp.out = str(tmp_path)
