@@ -122,4 +122,13 @@ def test_results_table_has_a_row_per_model_and_three_columns_per_subset() -> Non
 def test_every_preset_loads_and_names_its_dataset(preset: str) -> None:
     exp = load_config(resolve_preset(preset))
     assert exp.dataset in ("300w", "cofw", "wflw")
-    assert exp.student.model.input_size <= exp.teacher.model.input_size
+    # the point of the method: the student is lighter than its teachers, in weights and in FLOPs
+    from kdlandmark.layouts import get_layout
+    from kdlandmark.models import LandmarkRegressor, count_flops, count_parameters
+
+    n = get_layout(exp.dataset).num_points
+    nets = {k: (LandmarkRegressor(m.backbone, n), m.input_size)
+            for k, m in (("teacher", exp.teacher.model), ("student", exp.student.model))}
+    (t, t_size), (s, s_size) = nets["teacher"], nets["student"]
+    assert count_parameters(s) < count_parameters(t)
+    assert count_flops(s, s_size) < count_flops(t, t_size)
