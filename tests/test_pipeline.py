@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlandmark.config import load_config
+from kdlandmark.config import ConfigError, load_config
 from kdlandmark.pipeline import ROLE_LABELS, STAGES, Pipeline, resolve_preset, results_table
 
 TINY = [
@@ -98,6 +98,19 @@ def test_side_by_side_jobs_share_the_threads_and_get_a_gpu_each(monkeypatch, tmp
     assert pipe._job_env(1, 2)["CUDA_VISIBLE_DEVICES"] == "5,6"  # the user's choice stands
     with pytest.raises(ValueError, match="jobs"):
         load_config(resolve_preset("demo"), ["jobs=0"])
+
+
+def test_a_folder_made_with_another_config_is_refused_by_name(tmp_path: Path) -> None:
+    exp = load_config(resolve_preset("demo"))
+    exp.out = str(tmp_path)
+    Pipeline(exp).run(())  # records the configuration only
+    exp.jobs = 3
+    Pipeline(exp).run(())  # how stages run is not what they make
+    changed = load_config(resolve_preset("demo"), ["prepare.size=96", "kd.l2_warmup_epochs=0"])
+    changed.out = str(tmp_path)
+    want = r"config\.yaml: .*another configuration .*prepare\.size: 128 -> 96; kd\.l2_warmup_epochs: 8 -> 0"
+    with pytest.raises(ConfigError, match=want):
+        Pipeline(changed).run(())
 
 
 def test_unknown_stage_and_missing_preset_are_clear_errors(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ prepare -> asm -> tough -> tolerant -> kd -> l2 -> evaluate -> results (table) -
 
 Each stage looks at its own output first and skips itself when that output is complete, so a killed
 pipeline started again with the same command resumes where it stopped (a half-finished training run
-is resumed from its last checkpoint, not restarted).
+is resumed from its last checkpoint, not restarted).  A folder that another configuration made is
+refused with the differing keys named, so stale results are never reported as new ones.
 
 With ``jobs: N`` (N > 1) the training stages run side by side, each in its own
 ``kdlandmark pipeline --stages ROLE`` process with a share of the CPU threads (or its own GPU when
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlandmark.atomic import write_json_atomic
-from kdlandmark.config import ExperimentConfig, load_config, save_config, train_config
+from kdlandmark.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+    train_config,
+)
 
 __all__ = ["STAGES", "ROLE_LABELS", "Pipeline", "run_pipeline", "resolve_preset"]
 
@@ -164,6 +172,7 @@ class Pipeline:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+        self._check_same_config()
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(self.exp, self.root / "config.yaml")
         times: dict[str, float] = {}
@@ -187,6 +196,21 @@ class Pipeline:
             times[name] = self._timed(name, done(), fn)
         write_json_atomic(self.root / "stage_times.json", times)
         return times
+
+    def _check_same_config(self) -> None:
+        """Refuse to continue a folder that another configuration made: its finished stages would be
+        skipped and their stale results reported as this configuration's."""
+        saved = self.root / "config.yaml"
+        if not saved.is_file():
+            return
+        ignore = {"jobs", "out"}  # how the stages are run and where the folder is, not what they make
+        old = {k: v for k, v in config_to_dict(load_config(saved)).items() if k not in ignore}
+        new = {k: v for k, v in config_to_dict(self.exp).items() if k not in ignore}
+        diff = _differences(old, new)
+        if diff:
+            shown = "; ".join(diff[:6]) + ("; ..." if len(diff) > 6 else "")
+            raise ConfigError(f"{saved}: this experiment folder was made with another configuration "
+                              f"({shown}).  Pass another --out, or delete the folder to start again.")
 
     # -- side-by-side training ------------------------------------------------------------------
     def _job_env(self, slot: int, jobs: int) -> dict[str, str]:
@@ -269,6 +293,16 @@ class Pipeline:
                 proc.wait()
             bar.close()
         return times
+
+
+def _differences(old: object, new: object, key: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf where two nested config dicts differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(k), new.get(k), f"{key}.{k}" if key else str(k))
+        return out
+    return [] if old == new else [f"{key}: {old!r} -> {new!r}"]
 
 
 def results_table(rows: dict[str, dict], threshold: float) -> str:
