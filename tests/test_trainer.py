@@ -128,6 +128,12 @@ def test_lr_schedules() -> None:
     f = lr_factor_fn(OptimConfig(lr=1.0, schedule="inverse-time", lr_decay=1e-4), 10)
     assert f(10000) == pytest.approx(0.5)
     assert lr_factor_fn(OptimConfig(schedule="constant"), 10)(1234) == 1.0
+    # a restart (the KD student's switch from its L2 warm-up at epoch 3) warms up again, then rejoins
+    plain, again = lr_factor_fn(o, 10), lr_factor_fn(o, 10, restart_epoch=3)
+    assert [again(s) for s in range(30)] == [plain(s) for s in range(30)]
+    assert again(30) == pytest.approx(0.1 * plain(30)) and again(39) == pytest.approx(plain(39))
+    assert all(again(s) < again(s + 1) for s in range(30, 39))
+    assert [again(s) for s in range(40, 100)] == [plain(s) for s in range(40, 100)]
 
 
 @settings(max_examples=40, deadline=None)

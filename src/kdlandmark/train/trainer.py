@@ -154,13 +154,23 @@ def _open_prepared(root: str | Path) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- schedule
-def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int) -> Any:
-    """Multiplier of the peak learning rate at optimiser step ``s`` (0-based), warm-up included."""
+def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int, restart_epoch: int = 0) -> Any:
+    """Multiplier of the peak learning rate at optimiser step ``s`` (0-based), warm-up included.
+
+    ``restart_epoch > 0``: the optimiser starts afresh there (the KD student's switch from its L2
+    warm-up), so the linear warm-up is applied again from that epoch, on top of the schedule.
+    """
     total = max(1, cfg_optim.epochs * steps_per_epoch)
     warm = int(round(cfg_optim.warmup_epochs * steps_per_epoch))
     floor = cfg_optim.min_lr / cfg_optim.lr
+    restart = restart_epoch * steps_per_epoch
 
     def factor(step: int) -> float:
+        if 0 < restart <= step < restart + warm:
+            return base(step) * (step - restart + 1) / warm
+        return base(step)
+
+    def base(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         if cfg_optim.schedule == "constant":
@@ -284,8 +294,9 @@ class Trainer:
 
         # ---- optimisation
         self.optimizer = _make_optimizer(list(model.parameters()), cfg.optim)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lr_factor_fn(cfg.optim, self.steps_per_epoch))
+        restart = cfg.kd.l2_warmup_epochs if cfg.role == "kd" else 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor_fn(cfg.optim, self.steps_per_epoch, restart_epoch=restart))
         self.epoch = 0
         self.step = 0
         self.best_metric = math.inf
