@@ -108,7 +108,7 @@ def test_a_folder_made_with_another_config_is_refused_by_name(tmp_path: Path) ->
     Pipeline(exp).run(())  # how stages run is not what they make
     changed = load_config(resolve_preset("demo"), ["prepare.size=96", "kd.l2_warmup_epochs=0"])
     changed.out = str(tmp_path)
-    want = r"config\.yaml: .*another configuration .*prepare\.size: 128 -> 96; kd\.l2_warmup_epochs: 8 -> 0"
+    want = r"config\.yaml: .*another configuration .*prepare\.size: 128 -> 96; kd\.l2_warmup_epochs: 15 -> 0"
     with pytest.raises(ConfigError, match=want):
         Pipeline(changed).run(())
 
