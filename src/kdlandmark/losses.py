@@ -89,10 +89,11 @@ class KDLossConfig:
             commented out).  Default True.
         main_c: ``c`` of the main loss.  Official code 3; paper figure "main_loss" draws 1.
         l2_warmup_epochs: the KD student's first epochs use plain L2 to the hard landmarks (the
-            baseline's loss) before KD-Loss takes over; the teachers are not run in them.  Not in the
-            paper (0, the default, is the paper).  The CPU demo uses it: from random weights the
-            student first sits on the mean-shape plateau, and the L1-like KD-Loss leaves it more
-            slowly than L2 within a short schedule (docs/RESULTS.md).
+            baseline's loss) before KD-Loss takes over, with fresh optimiser moments and the
+            learning-rate warm-up again; the teachers are not run in them.  Not in the paper (0, the
+            default, is the paper).  The CPU demo uses it: from random weights the student first
+            sits on the mean-shape plateau, and the L1-like KD-Loss leaves it more slowly than L2
+            within a short schedule (docs/RESULTS.md).
     """
 
     w_main: float = 2.0
