@@ -12,7 +12,7 @@ TINY = [
     "prepare.size=48",
     "teacher.model.backbone=mobilenetv2_050", "teacher.model.input_size=32",
     "student.model.backbone=mobilenetv2_035", "student.model.input_size=32",
-    "teacher.optim.epochs=2", "student.optim.epochs=2",
+    "teacher.optim.epochs=2", "student.optim.epochs=2", "kd.l2_warmup_epochs=1",
     "teacher.optim.batch_size=16", "student.optim.batch_size=16",
     "runtime.tensorboard=false",
 ]

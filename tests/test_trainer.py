@@ -298,6 +298,15 @@ def test_kd_l2_warmup_is_the_baseline_then_kd_loss(data, teachers, tmp_path, mon
     assert "l2" in (tmp_path / "kd" / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
+def test_a_kd_warmup_as_long_as_the_run_is_refused() -> None:
+    cfg = tiny_train_config("data", "out", role="kd")
+    cfg.kd.l2_warmup_epochs = cfg.optim.epochs
+    with pytest.raises(ValueError, match="KD-Loss never starts"):
+        dataclasses.replace(cfg)  # __post_init__ validates
+    cfg.role = "l2"
+    dataclasses.replace(cfg)  # the baseline ignores the KD settings
+
+
 def test_kd_needs_both_teachers(data, teachers, tmp_path) -> None:
     cfg = tiny_train_config(data, tmp_path / "kd", role="kd")
     cfg.teachers.tough = str(teachers["tough"])

@@ -260,6 +260,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.role == "kd" and self.kd.l2_warmup_epochs >= self.optim.epochs:
+            raise ValueError(f"kd.l2_warmup_epochs ({self.kd.l2_warmup_epochs}) must be below optim.epochs "
+                             f"({self.optim.epochs}): otherwise KD-Loss never starts")
 
 
 @dataclass
