@@ -28,13 +28,7 @@ from kdlandmark.train.checkpoint import (
     write_checkpoint_dir,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0, points: int = 29) -> LandmarkRegressor:

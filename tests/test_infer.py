@@ -37,12 +37,7 @@ SIZE = 64
 MARGIN = 0.15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _meta(size: int = SIZE, margin: float = MARGIN, layout: str = "300w") -> dict:

@@ -9,14 +9,7 @@ from safetensors.torch import save_file
 
 from kdlandmark.models import PRESETS, LandmarkRegressor, count_flops, count_macs, count_parameters
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2_050", "resnet10t", "efficientnet_b0"])

@@ -98,6 +98,16 @@ def _cmd_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_JOBS_HELP = "training stages side by side, each in its own process (default: the config's jobs)"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
     from kdlandmark.pipeline import STAGES
 
@@ -106,8 +116,7 @@ def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (native files)")
     p.add_argument("--out", type=Path, default=None, help="experiment folder")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    p.add_argument("--jobs", type=int, default=None,
-                   help="training stages side by side, each in its own process (default: the config's jobs)")
+    p.add_argument("--jobs", type=_positive_int, default=None, help=_JOBS_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     def run(a: argparse.Namespace) -> int:
@@ -125,8 +134,7 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=1500, help="synthetic faces (train + test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="training stages side by side, each in its own process (default: the config's jobs)")
+    p.add_argument("--jobs", type=_positive_int, default=None, help=_JOBS_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     def run(a: argparse.Namespace) -> int:

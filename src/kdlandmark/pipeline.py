@@ -15,6 +15,7 @@ both teachers.  Each process logs to ``logs/ROLE.log`` under the experiment fold
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -326,7 +327,8 @@ def run_pipeline(config: str | Path | ExperimentConfig, overrides: Sequence[str]
     """Run (or resume) the whole recipe of ``config`` (a preset name, YAML path or config object);
     ``jobs`` overrides the config's number of side-by-side training stages."""
     exp = config if isinstance(config, ExperimentConfig) else load_config(resolve_preset(config), overrides)
-    _set_jobs(exp, jobs)
+    if jobs is not None:
+        exp = dataclasses.replace(exp, jobs=jobs)  # validated like a config value
     if data_root is not None:
         exp.data_root = str(data_root)
     if out is not None:
@@ -346,13 +348,6 @@ Next steps:
 """
 
 
-def _set_jobs(exp: ExperimentConfig, jobs: int | None) -> None:
-    if jobs is not None:
-        if jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {jobs}")
-        exp.jobs = jobs
-
-
 def run_demo(out: str | Path = "runs/demo", *, count: int = 1500, seed: int = 0,
              overrides: Sequence[str] = (), config: str | Path = "demo", jobs: int | None = None
              ) -> dict[str, float]:
@@ -360,7 +355,8 @@ def run_demo(out: str | Path = "runs/demo", *, count: int = 1500, seed: int = 0,
     from kdlandmark.data import synth
 
     exp = load_config(resolve_preset(config), overrides)
-    _set_jobs(exp, jobs)
+    if jobs is not None:
+        exp = dataclasses.replace(exp, jobs=jobs)
     out = Path(out)
     exp.out, exp.seed = str(out), seed
     data = out / "data"

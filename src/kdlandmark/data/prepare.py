@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from kdlandmark.atomic import commit_file, save_array_atomic, tmp_path_for, write_json_atomic
 from kdlandmark.data.crop import DEFAULT_MARGIN, apply_affine, crop_affine, invert_affine, landmark_box
-from kdlandmark.data.formats._common import decode_image
+from kdlandmark.data.formats._common import as_bgr, decode_image
 from kdlandmark.data.samples import DatasetError, FaceSample
 from kdlandmark.data.store import FORMAT_VERSION, META, SAMPLES, SOFT, PreparedSet
 from kdlandmark.layouts import LAYOUTS, Layout, get_layout, layout_for_points
@@ -66,20 +66,6 @@ BORDER_VALUE = (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------------- image operations
-
-def _as_bgr(image: np.ndarray, where: str) -> np.ndarray:
-    """An embedded image (greyscale, BGR or BGRA) as 3-channel BGR uint8."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.size == 0:
-        raise DatasetError(where, f"embedded image must be non-empty uint8, got {img.dtype} {img.shape}")
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if img.ndim == 3 and img.shape[2] == 3:
-        return img
-    raise DatasetError(where, f"embedded image has unsupported shape {img.shape}")
-
 
 def crop_image(image_bgr: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
     """The ``size x size`` RGB crop ``cv2.warpAffine(image, affine)`` with area-averaged downscaling.
@@ -145,7 +131,7 @@ def _crop_chunk(task: tuple[str, int, list[_Item]]) -> tuple[int, list[tuple[int
     try:
         for it in items:
             try:
-                bgr = decode_image(it.path) if it.image is None else _as_bgr(it.image, it.path)
+                bgr = decode_image(it.path) if it.image is None else as_bgr(it.image, it.path)
                 images[it.index] = crop_image(bgr, it.affine, size)
             except DatasetError as exc:
                 failures.append((it.index, exc.path, exc.problem))

@@ -83,16 +83,9 @@ def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
 
         return decode_image(image)
     if isinstance(image, np.ndarray):
-        img = image
-        if img.dtype != np.uint8 or img.size == 0:
-            raise ValueError(f"{where}: expected a non-empty uint8 image, got {img.dtype} {img.shape}")
-        if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-            return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        if img.ndim == 3 and img.shape[2] == 4:
-            return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-        if img.ndim == 3 and img.shape[2] == 3:
-            return img
-        raise ValueError(f"{where}: unsupported image shape {img.shape} (expected H x W, H x W x 3 or 4)")
+        from kdlandmark.data.formats._common import as_bgr
+
+        return as_bgr(image, where)  # DatasetError, a ValueError naming the image
     if hasattr(image, "convert") and hasattr(image, "size"):      # PIL.Image.Image
         rgb = np.asarray(image.convert("RGB"))
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

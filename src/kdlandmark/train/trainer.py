@@ -294,9 +294,10 @@ class Trainer:
 
         # ---- optimisation
         self.optimizer = _make_optimizer(list(model.parameters()), cfg.optim)
-        restart = cfg.kd.l2_warmup_epochs if cfg.role == "kd" else 0
+        # the KD student's switch from its L2 warm-up to KD-Loss (0: KD-Loss from the start)
+        self.kd_start_epoch = cfg.kd.l2_warmup_epochs if cfg.role == "kd" else 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor_fn(cfg.optim, self.steps_per_epoch, restart_epoch=restart))
+            self.optimizer, lr_factor_fn(cfg.optim, self.steps_per_epoch, restart_epoch=self.kd_start_epoch))
         self.epoch = 0
         self.step = 0
         self.best_metric = math.inf
@@ -421,7 +422,7 @@ class Trainer:
     def _loss(self, pred: torch.Tensor, targets: list[torch.Tensor], x: torch.Tensor
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         role = self.cfg.role
-        if role == "kd" and self.epoch >= self.cfg.kd.l2_warmup_epochs:
+        if role == "kd" and self.epoch >= self.kd_start_epoch:
             t = self._teacher_predict(x)
             return kd_loss(pred, targets[0], t["tough"], t["tolerant"], self.cfg.kd)
         target = targets[1] if role == "tolerant" else targets[0]  # kd: its L2 warm-up epochs
@@ -462,7 +463,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
-        if cfg.role == "kd" and epoch == cfg.kd.l2_warmup_epochs > 0:
+        if epoch == self.kd_start_epoch > 0:
             # KD-Loss takes over from the L2 warm-up.  Its gradients are on another scale (a slope of
             # order 1 per coordinate against L2's 2|P - G|), so the optimiser starts afresh: Adam's
             # second moments remember ~1000 steps and would make the first KD steps far too large.

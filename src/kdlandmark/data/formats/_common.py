@@ -20,6 +20,7 @@ from kdlandmark.data.samples import DatasetError, FaceSample
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "as_bgr",
     "Problems",
     "DatasetWriter",
     "read_pts",
@@ -242,6 +243,21 @@ def decode_image(path: str | Path) -> np.ndarray:
     if image is None or image.size == 0:
         raise DatasetError(path, "cannot decode image (corrupt or unsupported format)")
     return image
+
+
+def as_bgr(image: np.ndarray, where: str | Path) -> np.ndarray:
+    """A decoded image (greyscale, BGR or BGRA uint8) as 3-channel BGR uint8, or :class:`DatasetError`
+    naming ``where`` (the file, or the image's position in a batch)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.size == 0:
+        raise DatasetError(where, f"expected a non-empty uint8 image, got {img.dtype} {img.shape}")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise DatasetError(where, f"unsupported image shape {img.shape} (expected H x W, H x W x 3 or 4)")
 
 
 def check_image_file(path: str | Path) -> None:
