@@ -22,6 +22,7 @@ from tqdm import tqdm
 from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box
 from kdlandmark.data.samples import FaceSample
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
+from kdlandmark.data.synth.pool import PoolStyle
 from kdlandmark.data.synth.render import PIVOT, Camera, RenderedFace, render
 from kdlandmark.layouts import Layout, get_layout
 
@@ -135,10 +136,51 @@ def render_for_part(fmt: str, seed: int, index: int, size: int, part: str
     return image, lm, info
 
 
-def _make(task: tuple[str, int, int, int, str]) -> tuple[str, np.ndarray, FaceSample]:
-    """Render face ``index`` for ``part`` and wrap it as (part, image, FaceSample) for the writer."""
-    fmt, seed, index, size, part = task
-    image, lm, info = render_for_part(fmt, seed, index, size, part)
+#: Per-process cache of loaded pools (a worker loads each pool once).
+_POOLS: dict[str, list] = {}
+
+
+def _pool(root: str) -> list:
+    from kdlandmark.data.synth.pool import load_pool
+
+    if root not in _POOLS:
+        _POOLS[root] = load_pool(root)
+    return _POOLS[root]
+
+
+def face_source(seed: int, index: int, pool_fraction: float, hybrid_fraction: float) -> str:
+    """How face ``index`` of a dataset with seed ``seed`` is made: ``"pool"`` (a pool face warped onto a
+    new shape and pose), ``"hybrid"`` (a rendered head with a pool face's skin and features) or
+    ``"render"``; a seeded draw with those shares."""
+    u = float(np.random.default_rng([seed, index, 0x9001]).random())
+    if u < pool_fraction:
+        return "pool"
+    if u < pool_fraction + hybrid_fraction:
+        return "hybrid"
+    return "render"
+
+
+def _make(task: tuple) -> tuple[str, np.ndarray, FaceSample]:
+    """Draw face ``index`` for ``part`` and wrap it as (part, image, FaceSample) for the writer."""
+    fmt, seed, index, size, part, pool_root, pool_fraction, hybrid_fraction, style = task
+    source = "render" if pool_root is None else face_source(seed, index, pool_fraction, hybrid_fraction)
+    if source == "pool":
+        from kdlandmark.data.synth.pool import render_pool_face
+
+        image, lm, info = render_pool_face(np.random.default_rng([seed, index]), _pool(pool_root), size,
+                                           style)
+        info = {**info, "box": _detector_box(np.random.default_rng([seed, index, 1]), lm),
+                "occluded": np.zeros(len(lm), bool), "attributes": {}}
+    elif source == "hybrid":
+        from kdlandmark.data.synth.pool import render_hybrid_face
+
+        layout = get_layout(fmt)
+        image, lm, info = render_hybrid_face(np.random.default_rng([seed, index]), _pool(pool_root), size,
+                                             layout)
+        info = {**info, "box": _detector_box(np.random.default_rng([seed, index, 1]), lm),
+                "attributes": info["face"].attributes(layout)}
+    else:
+        image, lm, info = render_for_part(fmt, seed, index, size, part)
     box = landmark_box(lm) if fmt == "300w" else info["box"]
     attributes: dict = {"name": f"synth_{index:06d}"}
     if fmt == "wflw":
@@ -176,7 +218,8 @@ def _init_worker() -> None:
 
 
 def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 256, test_fraction: float = 0.2,
-               workers: int | None = None) -> dict:
+               workers: int | None = None, pool: str | Path | None = None, pool_fraction: float = 1.0,
+               hybrid_fraction: float = 0.0, pool_style: PoolStyle | None = None) -> dict:
     """Render ``count`` faces and write them under ``out`` in the native format ``fmt``.
 
     ``round(count * test_fraction)`` faces (a seeded random choice) go to the test part(s), the rest to
@@ -184,6 +227,14 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
     or ``lfpw/trainset``, test faces to ``helen/testset``/``lfpw/testset`` (common: faces redrawn until
     not challenging) or ``ibug`` (redrawn until challenging: large pose, strong expression or
     occlusion), in the real subsets' proportions.  WFLW and COFW use ``train``/``test``.
+
+    With ``pool`` (a folder of real faces with 68-point ``.pts`` files), a share ``pool_fraction`` of
+    the faces are pool faces warped onto new shapes and poses
+    (:func:`kdlandmark.data.synth.pool.render_pool_face`, appearance randomised by ``pool_style``) and a
+    share ``hybrid_fraction`` are rendered heads with a pool face's skin and features
+    (:func:`kdlandmark.data.synth.pool.render_hybrid_face`); the rest are rendered (a seeded choice per
+    face, :func:`face_source`).  Pool faces are 68-point faces, so only ``300w`` takes them; faces from
+    the pool follow no challenge rule.
 
     Also writes ``synth.json`` at the root (format, count, seed, size, parts), which marks the data as
     synthetic.  Returns a summary: ``format``, ``root``, ``count``, ``parts`` (faces per part),
@@ -200,9 +251,22 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
         raise ValueError(f"test_fraction must lie in [0, 1], got {test_fraction}")
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
+    if pool is not None:
+        from kdlandmark.data.synth.pool import POOL_LAYOUT
+
+        if fmt != POOL_LAYOUT:
+            raise ValueError(f"pool faces carry {POOL_LAYOUT} landmarks; they cannot be written as {fmt}")
+        if not (0.0 <= pool_fraction <= 1.0 and 0.0 <= hybrid_fraction <= 1.0
+                and pool_fraction + hybrid_fraction <= 1.0):
+            raise ValueError(f"pool_fraction and hybrid_fraction must lie in [0, 1] with a sum of at most 1, "
+                             f"got {pool_fraction} and {hybrid_fraction}")
+        _pool(str(pool))  # a bad pool fails here, naming its file, before any worker starts
+    style = pool_style or PoolStyle()
     workers = max(1, min(workers or os.cpu_count() or 1, count))
     parts_of = assign_parts(fmt, count, seed, test_fraction)
-    tasks = [(fmt, seed, i, size, part) for i, part in enumerate(parts_of)]
+    pool_root = None if pool is None else str(pool)
+    tasks = [(fmt, seed, i, size, part, pool_root, pool_fraction, hybrid_fraction, style)
+             for i, part in enumerate(parts_of)]
     parts: Counter[str] = Counter()
     start = time.perf_counter()
     out = Path(out)
@@ -228,6 +292,9 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
                "seconds": seconds, "faces_per_second": count / max(seconds, 1e-9), "workers": workers}
     marker = {"generator": "kdlandmark synth", "format": fmt, "count": count, "seed": seed, "size": size,
               "test_fraction": test_fraction, "parts": summary["parts"]}
+    if pool is not None:
+        marker.update(pool=str(pool), pool_fraction=pool_fraction, hybrid_fraction=hybrid_fraction,
+                      pool_style=style.to_dict())
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return summary
 

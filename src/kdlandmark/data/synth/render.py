@@ -23,6 +23,7 @@ projection of its 3D point, visible or not.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -536,8 +537,17 @@ def _periodic(values: np.ndarray, phi: np.ndarray) -> np.ndarray:
     return a + f * (b - a)
 
 
-def render_scene(scene: Scene) -> RenderedFace:
-    """Draw ``scene``: returns the image (BGR uint8), geometry, camera, occluder mask and info."""
+#: Paints a face's albedo into the image before shading: ``albedo(image, geometry, camera)``.
+AlbedoFn = Callable[[np.ndarray, Geometry, Camera], None]
+
+
+def render_scene(scene: Scene, albedo: AlbedoFn | None = None) -> RenderedFace:
+    """Draw ``scene``: returns the image (BGR uint8), geometry, camera, occluder mask and info.
+
+    ``albedo``, when given, is called after the facial features are drawn and before light, hair,
+    occluder and camera effects are applied, and may paint over the face (in place): that is how
+    :mod:`kdlandmark.data.synth.pool` gives a rendered head the skin and features of a real face.
+    """
     size = scene.size
     rng = np.random.default_rng(scene.seeds[0])
     geo = build_geometry(scene.shape)
@@ -687,6 +697,8 @@ def render_scene(scene: Scene) -> RenderedFace:
 
     # ---- facial features (albedo), in painter's order
     info_feat = _draw_features(img, scene, geo, cam, nose_polys)
+    if albedo is not None:
+        albedo(img, geo, cam)
 
     # ---- one pass over the region: out = roi * A + B, with A = (1 - hair) * light and B = hair colour *
     # hair * light, both computed at half resolution (head mask included) and upsampled together
@@ -1100,6 +1112,6 @@ def _postprocess(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.
     return img
 
 
-def render(rng: np.random.Generator, size: int = 256) -> RenderedFace:
-    """Sample a scene from ``rng`` and render it."""
-    return render_scene(sample_scene(rng, size))
+def render(rng: np.random.Generator, size: int = 256, albedo: AlbedoFn | None = None) -> RenderedFace:
+    """Sample a scene from ``rng`` and render it (``albedo``: see :func:`render_scene`)."""
+    return render_scene(sample_scene(rng, size), albedo)
