@@ -54,6 +54,9 @@ class PoolStyle:
 
     Attributes:
         yaw, pitch, roll: standard deviation of the new head pose in degrees (clipped at 2.5 sd).
+        renormalise: up to this share (drawn uniformly) of the pool face's own landmark geometry is
+            replaced by the mean face's, so that the pool's few identities do not become the model's
+            shape prior (0 keeps the pool face's proportions).
         identity: how much of a random synthetic identity's shape is added (0 keeps the pool face's).
         expression: probability of a random synthetic expression (mouth, smile, eyes, brows).
         face_fraction: range of the landmark box's side as a fraction of the image side.
@@ -69,6 +72,7 @@ class PoolStyle:
     yaw: float = 14.0
     pitch: float = 9.0
     roll: float = 10.0
+    renormalise: float = 0.0
     identity: float = 0.8
     expression: float = 0.6
     face_fraction: tuple[float, float] = (0.45, 0.7)
@@ -85,8 +89,8 @@ class PoolStyle:
     @classmethod
     def plain(cls, **changes: float) -> PoolStyle:
         """Only the warp (pose, identity, expression): no appearance step (the ablation's base)."""
-        off = {f.name: 0.0 for f in fields(cls) if f.name not in ("yaw", "pitch", "roll", "identity",
-                                                                   "expression", "face_fraction")}
+        geometry = ("yaw", "pitch", "roll", "renormalise", "identity", "expression", "face_fraction")
+        off = {f.name: 0.0 for f in fields(cls) if f.name not in geometry}
         off.update(changes)
         return cls(**off)  # type: ignore[arg-type]
 
@@ -264,9 +268,10 @@ _NEUTRAL = {"open": 0.0, "smile": 0.0, "close_l": 0.0, "close_r": 0.0, "brow_rai
             "gaze_x": 0.0, "gaze_y": 0.0}
 
 
-def _displacement(rng: np.random.Generator, style: PoolStyle) -> tuple[np.ndarray, dict]:
-    """Head-frame displacement of the landmarks and anchors: part of a random identity plus, sometimes,
-    a random expression (both relative to the mean face)."""
+def _displacement(rng: np.random.Generator, style: PoolStyle, face: PoolFace) -> tuple[np.ndarray, dict]:
+    """Head-frame displacement of the landmarks and anchors: part of the way from the face's own
+    proportions to the mean face's, part of a random identity and, sometimes, a random expression
+    (both relative to the mean face)."""
     import dataclasses
 
     m = _model()
@@ -283,6 +288,13 @@ def _displacement(rng: np.random.Generator, style: PoolStyle) -> tuple[np.ndarra
     base = np.concatenate([m.landmarks, m.anchors])
     ident = pts(neutral)
     d = k * (ident - base)
+    if style.renormalise > 0:
+        n = m.layout.num_points
+        own = face.head[:n, :2]
+        mean = m.landmarks[:, :2]
+        scale = float(np.sqrt(((own - own.mean(0)) ** 2).sum() / ((mean - mean.mean(0)) ** 2).sum()))
+        aligned = (mean - mean.mean(0)) * scale + own.mean(0)
+        d[:n, :2] += float(rng.uniform(0.0, style.renormalise)) * (aligned - own)
     expressive = rng.random() < style.expression
     if expressive:
         d = d + (pts(shape) - ident)
@@ -320,7 +332,7 @@ def _target(rng: np.random.Generator, face: PoolFace, style: PoolStyle, size: in
     """
     m = _model()
     n = m.layout.num_points
-    disp, info = _displacement(rng, style)
+    disp, info = _displacement(rng, style, face)
     yaw, pitch, roll = _pose(rng, style)
     src_area = signed_areas(face.points, m.triangles)
     for attempt in range(5):
@@ -332,7 +344,15 @@ def _target(rng: np.random.Generator, face: PoolFace, style: PoolStyle, size: in
         if folded.mean() <= MAX_FOLDED:
             break
     info.update(yaw=yaw * shrink, pitch=pitch * shrink, roll=roll, folded=int(folded.sum()))
-    return dst, p3[:, 2], info
+    return dst, _depth(p3), info
+
+
+def _depth(p3: np.ndarray) -> np.ndarray:
+    """Drawing depth of posed points: their own, but the rings (the scene around the head) always
+    behind the head, whatever side of the pivot they turned to."""
+    depth = p3[:, 2].copy()
+    depth[len(depth) - len(_ring_points()):] = -1e3
+    return depth
 
 
 #: Largest share of the mesh's triangles a new pose may turn over (hidden behind nearer ones).
@@ -442,14 +462,15 @@ def _new_background(rng: np.random.Generator, pool: list[PoolFace], size: int) -
     return _background(bg, size, rng).astype(np.float32)
 
 
-def _mouth_interior(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) -> None:
-    """Fill an opened inner mouth (whose source was closed) with a dark interior and sometimes teeth."""
+def _mouth_interior(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) -> bool:
+    """Fill an opened inner mouth (whose source was closed) with a dark interior and sometimes teeth;
+    False when the mouth is closed (nothing drawn)."""
     m = _model()
     inner = dst[list(m.mouth_inner)]
     area = abs(float(signed_areas(inner, np.array([[0, 2, 4], [0, 4, 6], [0, 2, 6], [2, 4, 6]])).sum()))
     scale = float(np.linalg.norm(dst[36] - dst[45]))
     if area < 0.004 * scale * scale:
-        return
+        return False
     dark = np.array([rng.uniform(20, 60), rng.uniform(20, 50), rng.uniform(40, 90)])
     poly = np.round(inner * 16).astype(np.int32)
     cv2.fillPoly(img, [poly], tuple(float(v) for v in dark), cv2.LINE_AA, 4)
@@ -462,6 +483,7 @@ def _mouth_interior(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) 
         colour = np.array([rng.uniform(170, 235)] * 3) * np.array([0.92, 1.0, 1.02])
         cv2.fillPoly(img, [np.round(teeth * 16).astype(np.int32)], tuple(float(v) for v in colour),
                      cv2.LINE_AA, 4)
+    return True
 
 
 def _ipt(p: np.ndarray) -> tuple[int, int]:
@@ -600,7 +622,8 @@ def render_pool_face(rng: np.random.Generator, pool: list[PoolFace], size: int =
         mask = _head_mask(dst, size, max(1.0, 0.05 * scale))[..., None]
         img = img * mask + _new_background(rng, pool, size) * (1 - mask)
         steps.append("background")
-    _mouth_interior(img, dst, rng)
+    if _mouth_interior(img, dst, rng):
+        steps.append("mouth")
     if rng.random() < style.glasses:
         _glasses(img, dst, rng)
         steps.append("glasses")
@@ -663,7 +686,7 @@ def render_hybrid_face(rng: np.random.Generator, pool: list[PoolFace], size: int
     def albedo(img: np.ndarray, geo: object, cam: Camera) -> None:
         head = np.concatenate([landmarks_3d(geo, m.layout), _anchors(geo), rings])  # type: ignore[arg-type]
         p3 = cam.to_image(head)
-        dst, depth = p3[:, :2], p3[:, 2]
+        dst, depth = p3[:, :2], _depth(p3)
         tex = _warp(face, face.points, dst, m.triangles, size, depth).astype(np.float32)
         iod = float(np.linalg.norm(dst[36] - dst[45]))
         mask = _face_region(dst, size, max(1.0, 0.06 * iod))

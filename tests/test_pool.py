@@ -1,0 +1,250 @@
+"""Synthesis from real faces: the piecewise-affine warp, lifting, re-posing, hybrids and datasets.
+
+The tests make their own "pool" from rendered faces (a user's clone has no real faces), and check the
+one property everything rests on: the texture that was labelled moves exactly with its label.
+"""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdlandmark.data.formats import read_dataset
+from kdlandmark.data.samples import DatasetError
+from kdlandmark.data.synth import render_face, synthesize
+from kdlandmark.data.synth.pool import (
+    PoolStyle,
+    lift_face,
+    load_pool,
+    render_hybrid_face,
+    render_pool_face,
+)
+from kdlandmark.data.synth.render import render
+from kdlandmark.data.synth.warp import signed_areas, warp_mesh
+from kdlandmark.layouts import get_layout
+
+LAYOUT = get_layout("300w")
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Six rendered faces written as a pool folder (``.jpg`` + 1-based ``.pts``)."""
+    root = tmp_path_factory.mktemp("pool")
+    for i in range(6):
+        image, lm, _ = render_face(np.random.default_rng([99, i]), LAYOUT, 192)
+        cv2.imwrite(str(root / f"face_{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        lines = "".join(f"{x + 1:.3f} {y + 1:.3f}\n" for x, y in lm)
+        (root / f"face_{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{lines}}}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pool(pool_dir):
+    return load_pool(pool_dir)
+
+
+# ------------------------------------------------------------------------------------------- warp
+
+def _grid_mesh(n: int = 5, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.spatial import Delaunay
+
+    g = np.linspace(-10, size + 10, n)
+    pts = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    return pts, Delaunay(pts).simplices
+
+
+@settings(max_examples=25, deadline=None)
+@given(angle=st.floats(-0.6, 0.6), scale=st.floats(0.7, 1.4), tx=st.floats(-6, 6), ty=st.floats(-6, 6))
+def test_a_mesh_moved_by_one_affine_warps_like_that_affine(angle, scale, tx, ty) -> None:
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (64, 64, 3)).astype(np.float32), (0, 0), 2.0)
+    src, tris = _grid_mesh()
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    fwd = np.array([[c, -s, tx + 32 - 32 * c + 32 * s], [s, c, ty + 32 - 32 * s - 32 * c]])
+    dst = src @ fwd[:, :2].T + fwd[:, 2]
+    ours = warp_mesh(image, src, dst, tris, (64, 64))
+    ref = cv2.warpAffine(image, fwd, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    inner = (slice(8, 56), slice(8, 56))
+    assert np.abs(ours[inner] - ref[inner]).max() < 1.0   # of 255: OpenCV interpolates in 1/32 px steps
+
+
+def test_labelled_texture_lands_on_its_label() -> None:
+    """A dot in the source appears where its triangle's affine map sends it, even when the mesh is bent."""
+    from kdlandmark.data.synth.warp import triangle_affines
+
+    src, tris = _grid_mesh(6, 96)
+    rng = np.random.default_rng(1)
+    dst = src + rng.normal(0, 2.5, src.shape)
+    assert (np.sign(signed_areas(dst, tris)) == np.sign(signed_areas(src, tris))).all()
+    image = np.zeros((96, 96), np.float32)
+    cv2.circle(image, (40 * 16 + 5, 52 * 16 - 3), 16, 1.0, -1, cv2.LINE_AA, 4)   # radius 1 px
+
+    def centroid(img):
+        ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+        return np.array([(xs * img).sum(), (ys * img).sum()]) / img.sum()
+
+    c_src = centroid(image)
+    t = next(k for k in range(len(tris))
+             if cv2.pointPolygonTest(src[tris[k]].astype(np.float32), tuple(c_src), True) > 2.0)
+    fwd = triangle_affines(dst, src, tris)[t]   # source -> destination of that triangle
+    expect = fwd[:, :2] @ c_src + fwd[:, 2]
+    out = warp_mesh(image, src, dst, tris, (96, 96))
+    assert np.linalg.norm(centroid(out) - expect) < 0.15
+
+
+def test_painter_order_draws_near_over_far_and_culls_turned_triangles() -> None:
+    src = np.array([[5, 5], [35, 5], [5, 35], [45, 5], [75, 5], [75, 35]], float)
+    tris = np.array([[0, 1, 2], [3, 4, 5]])
+    image = np.zeros((80, 80), np.float32)
+    cv2.fillConvexPoly(image, src[:3].astype(np.int32), 50.0)
+    cv2.fillConvexPoly(image, src[3:].astype(np.int32), 200.0)
+    dst = src.copy()
+    dst[3:] -= [30, 0]                       # the second triangle now overlaps the first
+    nowhere = np.array([[0.0, 0.0, -500.0], [0.0, 0.0, -500.0]])
+    kw = dict(fallback=nowhere, border=cv2.BORDER_CONSTANT)
+    overlap = (12, 28)                       # (row, column) inside both destination triangles
+    near_first = warp_mesh(image, src, dst, tris, (80, 80), depth=np.array([1, 1, 1, 0, 0, 0.0]), **kw)
+    near_second = warp_mesh(image, src, dst, tris, (80, 80), depth=np.array([0, 0, 0, 1, 1, 1.0]), **kw)
+    assert near_first[overlap] == pytest.approx(50.0, abs=1)
+    assert near_second[overlap] == pytest.approx(200.0, abs=1)
+    turned = dst.copy()
+    turned[4], turned[5] = dst[5].copy(), dst[4].copy()   # same place, mirrored: it faces away
+    culled = warp_mesh(image, src, turned, tris, (80, 80), depth=np.zeros(6), **kw)
+    assert culled[overlap] == pytest.approx(50.0, abs=1)                  # only the first is drawn
+    assert culled[8, 42] == 0.0                                           # nothing where only the second was
+
+
+# ------------------------------------------------------------------------------------------ pool
+
+def test_lifting_keeps_the_landmarks(pool) -> None:
+    face = pool[0]
+    assert face.points[:68] == pytest.approx(face.landmarks, abs=1e-4)
+    assert face.head.shape == (len(face.points), 3)
+    assert abs(face.pose[0]) < 45 and abs(face.pose[1]) < 45
+
+
+def test_lift_refuses_a_wrong_point_count() -> None:
+    with pytest.raises(ValueError, match="68 landmarks"):
+        lift_face("x", np.zeros((10, 10, 3), np.uint8), np.zeros((29, 2)))
+
+
+def test_bad_pool_folder_names_the_file(tmp_path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    points = "".join(f"{10 + i % 9} {10 + i // 9}\n" for i in range(68))
+    (tmp_path / "a.pts").write_text(f"version: 1\nn_points: 68\n{{\n{points}}}\n")
+    with pytest.raises(DatasetError, match="a.jpg"):
+        load_pool(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError):
+        load_pool(empty)
+
+
+def test_pool_face_is_deterministic_and_inside_the_image(pool) -> None:
+    a = render_pool_face(np.random.default_rng(5), pool, SIZE)
+    b = render_pool_face(np.random.default_rng(5), pool, SIZE)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[0].shape == (SIZE, SIZE, 3) and a[0].dtype == np.uint8
+    for seed in range(12):
+        _, lm, info = render_pool_face(np.random.default_rng(seed), pool, SIZE)
+        assert lm.shape == (68, 2) and (lm >= 0).all() and (lm <= SIZE - 1).all()
+        assert {"yaw", "pitch", "roll", "source", "steps"} <= set(info)
+
+
+def test_landmarks_follow_the_warped_texture(pool) -> None:
+    """Dots on a pool face's landmarks stay under the new landmarks, and a dot inside a mesh triangle
+    lands at the same barycentric place of that triangle in the new face."""
+    import dataclasses
+
+    from kdlandmark.data.synth.pool import _model
+
+    face = pool[1]
+    tris = [t for t in _model().triangles if (t < 68).all()][::7]       # some triangles of the face
+    marked = np.zeros(face.image.shape[:2], np.float32)
+    probe = [36, 45, 30, 48, 54, 8]
+    spots = [face.points[t].mean(axis=0) for t in tris]
+    for x, y in [face.landmarks[k] for k in probe] + spots:
+        cv2.circle(marked, (int(round(x * 16)), int(round(y * 16))), 16, 255.0, -1, cv2.LINE_AA, 4)
+    probe_face = dataclasses.replace(face, image=cv2.merge([marked] * 3).astype(np.uint8))
+    style = PoolStyle.plain(yaw=5.0, pitch=4.0, roll=15.0)
+    image, lm, info = render_pool_face(np.random.default_rng(3), [probe_face], 192, style)
+    grey = image[..., 0].astype(np.float32)
+    for k in probe:   # the dot's centre maps to the vertex
+        x, y = np.round(lm[k]).astype(int)
+        assert grey[y - 1:y + 2, x - 1:x + 2].max() > 100, (k, info)
+    rng = np.random.default_rng(3)
+    rng.integers(1)                              # the face choice render_pool_face made
+    from kdlandmark.data.synth.pool import _target
+
+    dst = _target(rng, probe_face, style, 192)[0]
+    checked = 0
+    for t in tris:
+        c = dst[t].mean(axis=0)
+        x0, y0 = int(c[0]) - 4, int(c[1]) - 4
+        win = grey[y0:y0 + 9, x0:x0 + 9]
+        inside = cv2.pointPolygonTest(dst[t].astype(np.float32), tuple(c), True)
+        if inside < 3 or win.sum() == 0:           # a sliver, or a triangle hidden by a nearer one
+            continue
+        ys, xs = np.mgrid[0:win.shape[0], 0:win.shape[1]]
+        centre = np.array([(xs * win).sum(), (ys * win).sum()]) / win.sum() + [x0, y0]
+        assert np.linalg.norm(centre - c) < 0.75, (t, centre, c)   # sub-pixel; a wrong map is pixels off
+        checked += 1
+    assert checked >= 3
+
+
+def test_plain_style_applies_no_appearance_step(pool) -> None:
+    for seed in range(6):
+        _, _, info = render_pool_face(np.random.default_rng(seed), pool, SIZE, PoolStyle.plain())
+        assert set(info["steps"]) <= {"mouth"} and "low_res_iod" not in info
+
+
+# ---------------------------------------------------------------------------------------- hybrid
+
+def test_albedo_hook_changes_pixels_not_geometry() -> None:
+    calls = []
+
+    def paint(img, geo, cam):
+        calls.append(1)
+        img[:] = 0
+
+    a = render(np.random.default_rng(4), SIZE)
+    b = render(np.random.default_rng(4), SIZE, albedo=paint)
+    assert calls == [1]
+    assert np.array_equal(a.landmarks(LAYOUT), b.landmarks(LAYOUT))
+    assert not np.array_equal(a.image, b.image)
+
+
+def test_hybrid_face_has_the_renderers_landmarks(pool) -> None:
+    image, lm, info = render_hybrid_face(np.random.default_rng(8), pool, SIZE)
+    assert np.array_equal(lm, info["face"].landmarks(LAYOUT))
+    assert info["source"] in {f.name for f in pool}
+    assert image.shape == (SIZE, SIZE, 3) and info["occluded"].shape == (68,)
+
+
+# -------------------------------------------------------------------------------------- datasets
+
+def test_synthesize_mixes_the_three_sources(pool_dir, tmp_path) -> None:
+    out = tmp_path / "mix"
+    summary = synthesize("300w", 24, out, seed=1, size=SIZE, workers=1, pool=pool_dir, pool_fraction=0.4,
+                         hybrid_fraction=0.3, pool_style=PoolStyle(glasses=1.0))
+    assert summary["count"] == 24
+    marker = json.loads((out / "synth.json").read_text())
+    assert marker["pool_fraction"] == 0.4 and marker["hybrid_fraction"] == 0.3
+    assert marker["pool_style"]["glasses"] == 1.0
+    from kdlandmark.data.synth.dataset import face_source
+
+    kinds = [face_source(1, i, 0.4, 0.3) for i in range(24)]
+    assert {"pool", "hybrid", "render"} == set(kinds)
+    faces = read_dataset("300w", out, "train") + read_dataset("300w", out, "test-full")
+    assert len(faces) == 24
+
+
+def test_synthesize_refuses_pool_faces_in_another_layout(pool_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="300w"):
+        synthesize("wflw", 4, tmp_path / "w", pool=pool_dir)
+    with pytest.raises(ValueError, match="sum"):
+        synthesize("300w", 4, tmp_path / "x", pool=pool_dir, pool_fraction=0.7, hybrid_fraction=0.5)
