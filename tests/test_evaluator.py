@@ -9,7 +9,6 @@ be checked exactly.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import pytest
 import torch
 from torch import nn
 
+from kdlandmark.cli import main
 from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box, to_model_coords
 from kdlandmark.data.store import PreparedSet
 from kdlandmark.evaluate.evaluator import (
-    add_evaluate_arguments,
     evaluate_checkpoint,
-    evaluate_main,
     load_predictions,
     predict_prepared,
     rescore,
@@ -275,19 +273,15 @@ def test_real_checkpoint_and_command_line_rescore(tmp_path: Path, capsys) -> Non
     net = LandmarkRegressor("test_efficientnet", 68, dropout=0.0)
     ckpt = save_model_checkpoint(tmp_path / "run" / "best", net, layout="300w", input_size=32, role="kd",
                                  crop={"margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64})
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(["--model", str(ckpt), "--dataset", "300w", "--root", str(root),
-                              "--bootstrap", "50", "--latency-runs", "2", "--device", "cpu"])
-    assert evaluate_main(args) == 0
+    assert main(["evaluate", "--model", str(ckpt), "--dataset", "300w", "--root", str(root),
+                 "--bootstrap", "50", "--latency-runs", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "challenging" in out and "NME %" in out
     metrics = json.loads((tmp_path / "run" / "eval-300w" / "metrics.json").read_text())
     assert metrics["params"] > 0 and metrics["flops"] > 0 and metrics["backbone"] == "test_efficientnet"
     assert metrics["input_size"] == 32
-    args = parser.parse_args(["--rescore", str(tmp_path / "run" / "eval-300w"), "--normalisation", "box",
-                              "--threshold", "0.08", "--out", str(tmp_path / "re")])
-    assert evaluate_main(args) == 0
+    assert main(["evaluate", "--rescore", str(tmp_path / "run" / "eval-300w"), "--normalisation", "box",
+                 "--threshold", "0.08", "--out", str(tmp_path / "re")]) == 0
     re = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert re["normalisation"] == "box" and re["threshold"] == 0.08 and re["params"] == metrics["params"]
 
@@ -334,11 +328,8 @@ def test_command_line_reports_bad_input_and_writes_beside_the_checkpoint(tmp_pat
     assert default_eval_dir("runs/x/kd/best", "wflw") == Path("runs/x/kd/eval-wflw")
     assert default_eval_dir("runs/x/kd/best/model.json", "300w") == Path("runs/x/kd/eval-300w")
     assert default_eval_dir("ckpts/student", "cofw") == Path("ckpts/student-eval-cofw")
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(["--model", str(tmp_path / "missing"), "--dataset", "300w",
-                              "--root", str(tmp_path)])
-    assert evaluate_main(args) == 2
+    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--dataset", "300w",
+                 "--root", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
-    assert evaluate_main(parser.parse_args(["--rescore", str(tmp_path)])) == 2
+    assert main(["evaluate", "--rescore", str(tmp_path)]) == 2
     assert "predictions.json" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -11,12 +10,11 @@ import onnx
 import pytest
 import torch
 
+from kdlandmark.cli import main
 from kdlandmark.data.crop import landmark_box
 from kdlandmark.infer.bench import bench_infer, synthetic_faces
 from kdlandmark.infer.export import (
     META_KEY,
-    add_export_arguments,
-    export_main,
     export_onnx,
     load_onnx,
     onnx_meta_path,
@@ -140,13 +138,9 @@ def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tm
 
 
 def test_export_cli(checkpoint, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_export_arguments(parser)
     out = tmp_path / "cli.onnx"
-    args = parser.parse_args(["--model", str(checkpoint), "--format", "onnx", "--out", str(out),
-                              "--dynamic-batch",
-                              "--int8", "--int8-eval", "3"])
-    assert export_main(args) == 0
+    assert main(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(out),
+                 "--dynamic-batch", "--int8", "--int8-eval", "3"]) == 0
     text = capsys.readouterr().out
     assert "parity" in text and "int8 NME" in text
     assert out.is_file() and onnx_meta_path(out).is_file() and (tmp_path / "cli.int8.onnx").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -12,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kdlandmark.cli import main
 from kdlandmark.data.crop import crop_affine, landmark_box
 from kdlandmark.data.formats._common import read_pts
 from kdlandmark.data.samples import DatasetError
@@ -27,7 +27,6 @@ from kdlandmark.infer.detect import (
     make_detector,
 )
 from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker
-from kdlandmark.infer.predict import add_predict_arguments, predict_main
 from kdlandmark.layouts import get_layout
 from kdlandmark.models import LandmarkRegressor
 from kdlandmark.train.checkpoint import CheckpointError, model_meta, save_model_checkpoint
@@ -301,10 +300,8 @@ def test_bad_checkpoints_raise_naming_the_file(tmp_path, checkpoint):
 
 
 # ------------------------------------------------------------------------------------------------ predict CLI
-def _predict_args(argv):
-    parser = argparse.ArgumentParser()
-    add_predict_arguments(parser)
-    return parser.parse_args(argv)
+def _predict(argv):
+    return main(["predict", *argv])
 
 
 def test_predict_folder_with_an_unreadable_file(tmp_path, checkpoint, face, capsys):
@@ -315,8 +312,8 @@ def test_predict_folder_with_an_unreadable_file(tmp_path, checkpoint, face, caps
     cv2.imwrite(str(src / "sub" / "b.jpg"), img[:, ::-1])
     (src / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(src), "--model", str(checkpoint), "--out", str(out),
-                                     "--detector", "full", "--show-box"]))
+    rc = _predict([str(src), "--model", str(checkpoint), "--out", str(out),
+                                     "--detector", "full", "--show-box"])
     assert rc != 0
     err = capsys.readouterr().err
     assert "c.jpg" in err
@@ -337,8 +334,8 @@ def test_predict_json_only_boxes_and_pts_switch(tmp_path, checkpoint, face):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"x.png": [list(landmark_box(lm))]}))
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out),
-                                     "--boxes", str(boxes), "--detector", "none", "--json-only", "--no-pts"]))
+    rc = _predict([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out),
+                                     "--boxes", str(boxes), "--detector", "none", "--json-only", "--no-pts"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["x.json"]
     doc = json.loads((out / "x.json").read_text())
@@ -355,8 +352,8 @@ def test_predict_video_in_batches(tmp_path, checkpoint, face):
         writer.write(np.roll(img, 2 * k, axis=1))
     writer.release()
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(video), "--model", str(checkpoint), "--out", str(out), "--detector",
-                                     "full", "--batch", "2", "--json-only"]))
+    rc = _predict([str(video), "--model", str(checkpoint), "--out", str(out), "--detector",
+                                     "full", "--batch", "2", "--json-only"])
     assert rc == 0
     doc = json.loads((out / "clip.json").read_text())
     assert [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3, 4]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdlandmark.evaluate.compare import add_compare_arguments, compare, compare_main, find_eval_runs
+from kdlandmark.cli import main
+from kdlandmark.evaluate.compare import compare, default_compare_dir, find_eval_runs
 from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 from kdlandmark.evaluate.report import write_report
 from test_evaluator import QueueModel, _meta, exact_model_coords, make_prepared
@@ -84,14 +84,25 @@ def test_compare_writes_tables_plots_and_tests_differences(experiment: Path, tmp
 
 
 def test_compare_command_line(experiment: Path, tmp_path, capsys) -> None:
-    parser = argparse.ArgumentParser()
-    add_compare_arguments(parser)
-    args = parser.parse_args([str(experiment / "eval" / "tough" / "metrics.json"),
-                              str(experiment / "eval" / "kd"), "--out", str(tmp_path / "c"),
-                              "--bootstrap", "100"])
-    assert compare_main(args) == 0
+    assert main(["compare", str(experiment / "eval" / "tough" / "metrics.json"),
+                 str(experiment / "eval" / "kd"), "--out", str(tmp_path / "c"), "--bootstrap", "100"]) == 0
     out = capsys.readouterr().out
     assert "Tough-Teacher" in out and "Student (KD-Loss)" in out and "ced:" in out
+
+
+def test_compare_writes_beside_its_inputs_not_into_the_working_folder(experiment: Path, tmp_path,
+                                                                     monkeypatch) -> None:
+    evals = tmp_path / "exp" / "eval"
+    for role in ("tough", "kd"):
+        shutil.copytree(experiment / "eval" / role, evals / role)
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert default_compare_dir([evals / "tough" / "metrics.json", evals / "kd"]) == evals / "compare"
+    assert default_compare_dir([evals]) == tmp_path / "exp" / "compare"
+    assert main(["compare", str(evals / "tough"), str(evals / "kd"), "--bootstrap", "20"]) == 0
+    assert (evals / "compare" / "compare.md").is_file()
+    assert list(here.iterdir()) == []
 
 
 def test_compare_refuses_evaluations_of_different_images(experiment: Path, tmp_path) -> None:

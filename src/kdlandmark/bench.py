@@ -109,12 +109,14 @@ def _breakdown(trainer, idx_batches, teacher_forward: bool) -> dict[str, float]:
 
 def bench_train(config: str | Path = "paper-300w", overrides: tuple[str, ...] = (), *,
                 data: str | Path | None = None, count: int = 1000, steps: int = 30, warmup: int = 10,
-                roles: tuple[str, ...] = ("tough", "kd")) -> dict[str, dict[str, float]]:
+                roles: tuple[str, ...] = ("tough", "kd"), workers: int | None = None
+                ) -> dict[str, dict[str, float]]:
     """Model-only ceiling vs the real data path for the teacher step and the KD-student step.
 
     Uses the experiment ``config`` (preset or YAML) with the engine's own settings (bf16 and
     channels-last on CUDA, ``runtime.compile``).  ``data`` is a prepared set; by default ``count``
-    synthetic faces are made and prepared in a temporary folder.  The KD step uses randomly
+    synthetic faces are made and prepared in a temporary folder (``workers`` processes; default: all
+    cores).  The KD step uses randomly
     initialised teachers of the configured architecture: their cost, not their quality, matters here.
     """
     import dataclasses
@@ -137,9 +139,10 @@ def bench_train(config: str | Path = "paper-300w", overrides: tuple[str, ...] = 
             from kdlandmark.data import synth
             from kdlandmark.data.prepare import prepare_dataset
 
-            synth.synthesize(exp.dataset, count, tmp_path / "synth", seed=0, size=exp.prepare.size)
+            synth.synthesize(exp.dataset, count, tmp_path / "synth", seed=0, size=exp.prepare.size,
+                             workers=workers)
             data = tmp_path / "prepared"
-            prepare_dataset(exp.dataset, tmp_path / "synth", data, size=exp.prepare.size)
+            prepare_dataset(exp.dataset, tmp_path / "synth", data, size=exp.prepare.size, workers=workers)
             soften_prepared(data, exp.asm.variance, out=tmp_path / "asm", report=False)
         teachers = None
         for role in roles:

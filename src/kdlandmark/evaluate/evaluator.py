@@ -17,7 +17,6 @@ normalisation or failure threshold without the model or the images.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -35,7 +34,6 @@ import numpy as np
 from kdlandmark.atomic import write_json_atomic
 from kdlandmark.data.crop import apply_affine, invert_affine
 from kdlandmark.evaluate.protocols import (
-    NORMALISATIONS,
     SUBSETS,
     ProtocolScore,
     ground_truth_px,
@@ -56,9 +54,7 @@ __all__ = [
     "load_predictions",
     "rescore",
     "format_metrics_table",
-    "add_evaluate_arguments",
     "default_eval_dir",
-    "evaluate_main",
 ]
 
 PREDICTIONS_FORMAT = "kdlandmark-predictions"
@@ -530,37 +526,7 @@ def format_metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- command line
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark evaluate`` (the lead wires the subcommand to :func:`evaluate_main`)."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
-    src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
-                     help="score an earlier evaluation's predictions again (no model, no images)")
-    parser.add_argument("--dataset", choices=tuple(SUBSETS), default=None,
-                        help="benchmark protocol (default: the prepared set's dataset)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="dataset root (native files; test splits are prepared first) or a prepared set")
-    parser.add_argument("--split", nargs="+", default=None, dest="splits",
-                        help="prepared splits to evaluate (default: every test split of the protocol)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <checkpoint's run>/eval-<dataset>; "
-                             "with --rescore: print only)")
-    parser.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
-                        help="NME normaliser (default: the benchmark's, inter-ocular)")
-    parser.add_argument("--threshold", type=float, default=0.10,
-                        help="failure threshold and AUC limit as a fraction "
-                             "(0.10; 0.08 for some WFLW tables)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the NME interval")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="keep the prepared test crops of a raw --root here (default: temporary)")
-    parser.add_argument("--latency-runs", type=int, default=20,
-                        help="timed CPU forwards at batch 1 (0: skip)")
-    parser.add_argument("--name", default=None, help="model label in tables")
-
-
+# --------------------------------------------------------------------------------------------- output folder
 def default_eval_dir(ckpt: str | Path, dataset: str | None) -> Path:
     """``<run>/eval-<dataset>`` for a checkpoint ``<run>/best`` (or its ``model.json``), never inside it.
 
@@ -572,38 +538,3 @@ def default_eval_dir(ckpt: str | Path, dataset: str | None) -> Path:
     if folder.name in ("best", "last"):
         return folder.parent / f"eval-{tag}"
     return folder.parent / f"{folder.name}-eval-{tag}"
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``kdlandmark evaluate``: print the table, write metrics.json and the per-image predictions.
-
-    Returns 0, or 2 after printing ``error: ...`` for bad input (a missing or malformed file, a split
-    that was not prepared, a checkpoint for another layout).
-    """
-    import sys
-
-    try:
-        if args.rescore is not None:
-            out = Path(args.out) / METRICS_JSON if args.out is not None else None
-            if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            result = rescore(args.rescore, args.normalisation, args.threshold, bootstrap=args.bootstrap,
-                             out=out)
-            print(format_metrics_table(result))
-            if out is not None:
-                print(f"metrics: {out}")
-            return 0
-        if args.root is None:
-            raise ValueError("--root (a dataset root or a prepared set) is required with --model")
-        out = Path(args.out) if args.out is not None else default_eval_dir(args.model, args.dataset)
-        result = evaluate_checkpoint(args.model, args.root, dataset=args.dataset, out_dir=out,
-                                     normalisation=args.normalisation, threshold=args.threshold,
-                                     splits=args.splits, bootstrap=args.bootstrap, name=args.name,
-                                     batch=args.batch, device=args.device, latency_runs=args.latency_runs,
-                                     cache_dir=args.cache)
-    except ValueError as exc:  # DatasetError and CheckpointError are ValueErrors naming the file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_metrics_table(result))
-    print(f"metrics: {out / METRICS_JSON}\npredictions: {out / PREDICTIONS_NPZ}")
-    return 0

@@ -18,13 +18,11 @@ Nothing here is a unit test: figures depend on the machine and its load.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,8 +41,6 @@ __all__ = [
     "time_calls",
     "bench_infer",
     "format_rows",
-    "add_bench_infer_arguments",
-    "bench_infer_main",
 ]
 
 
@@ -343,36 +339,3 @@ def format_rows(results: dict) -> str:
                          f"{r['model_batch_faces_per_s']:.0f} | {r['e2e_batch_faces_per_s']:.0f} | "
                          f"{r['x_flop_bound']:.1f} |")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_bench_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark bench infer``."""
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint folder to time")
-    parser.add_argument("--arch", action="append", default=[], metavar="BACKBONE:SIZE",
-                        help="also time a random-weight network, e.g. mobilenetv2_100:224 (repeatable)")
-    parser.add_argument("--layout", default="300w", help="layout of --arch networks (default 300w)")
-    parser.add_argument("--batch", type=int, default=32, help="faces per batch for throughput")
-    parser.add_argument("--runs", type=int, default=200, help="timed single-face calls per figure")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="time limit per figure")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads of torch and onnxruntime (default: their choice, all cores)")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--int8", action="store_true", help="also time the dynamic int8 ONNX model")
-    parser.add_argument("--dlib-python", default=None, metavar="PYTHON",
-                        help="a Python with dlib + face_recognition_models: time dlib's 68-point predictor")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-
-
-def bench_infer_main(args: argparse.Namespace) -> int:
-    """``kdlandmark bench infer``."""
-    if args.model is None and not args.arch:
-        args.arch = ["mobilenetv2_100:224", "mobilenetv2_100:112", "mobilenetv2_050:112"]
-    res = bench_infer(args.model, args.arch, layout=args.layout, batch=args.batch, runs=args.runs,
-                      max_seconds=args.max_seconds, compile=not args.no_compile, int8=args.int8,
-                      dlib_python=args.dlib_python, threads=args.threads)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
-    sys.stdout.flush()
-    return 0

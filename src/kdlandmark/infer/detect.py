@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from kdlandmark.data.crop import DEFAULT_MARGIN, landmark_box
+from kdlandmark.errors import DetectorUnavailable
 
 __all__ = [
     "Box",
@@ -63,10 +64,6 @@ DetectorFn = Callable[[np.ndarray], Sequence[tuple[Sequence[float], float]]]
 
 #: The cascade file :class:`HaarDetector` uses by default.
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-
-
-class DetectorUnavailable(RuntimeError):
-    """The requested face detector cannot run in this install (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ points, layout), raises :class:`~kdlandmark.train.checkpoint.CheckpointError` na
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import Layout, get_layout, layout_for_points
 
 __all__ = [
@@ -44,8 +44,6 @@ __all__ = [
     "load_onnx",
     "onnx_session",
     "layout_from_meta",
-    "add_export_arguments",
-    "export_main",
 ]
 
 ONNX_FORMAT = "kdlandmark-onnx"
@@ -54,13 +52,6 @@ META_KEY = "kdlandmark"
 INPUT_NAME = "image"
 OUTPUT_NAME = "landmarks"
 DEFAULT_OPSET = 17
-
-
-def _error(path: str | Path, problem: str) -> Exception:
-    """A :class:`~kdlandmark.train.checkpoint.CheckpointError` (imported late: torch stays unloaded)."""
-    from kdlandmark.train.checkpoint import CheckpointError
-
-    return CheckpointError(path, problem)
 
 
 def _atomic_write(path: str | Path, data: bytes) -> None:
@@ -84,16 +75,16 @@ def layout_from_meta(meta: dict, where: str | Path) -> Layout:
     elif isinstance(lay, str):
         name, num = lay, arch.get("num_points")
     else:
-        raise _error(where, f"metadata has no usable 'layout' entry ({lay!r})")
+        raise CheckpointError(where, f"metadata has no usable 'layout' entry ({lay!r})")
     try:
         layout = get_layout(name) if name else layout_for_points(int(num))
     except (KeyError, ValueError, TypeError) as exc:
-        raise _error(where, f"unknown layout {name!r} with {num} points ({exc})") from None
+        raise CheckpointError(where, f"unknown layout {name!r} with {num} points ({exc})") from None
     if num is not None and int(num) != layout.num_points:
-        raise _error(where, f"layout {layout.name!r} has {layout.num_points} points but the "
+        raise CheckpointError(where, f"layout {layout.name!r} has {layout.num_points} points but the "
                      f"metadata says {num}")
     if arch.get("num_points") is not None and int(arch["num_points"]) != layout.num_points:
-        raise _error(where, f"architecture has {arch['num_points']} points, layout {layout.name!r} "
+        raise CheckpointError(where, f"architecture has {arch['num_points']} points, layout {layout.name!r} "
                      f"{layout.num_points}")
     return layout
 
@@ -349,9 +340,9 @@ def _json_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(path, f"cannot read JSON ({exc}); truncated or corrupt?") from exc
+        raise CheckpointError(path, f"cannot read JSON ({exc}); truncated or corrupt?") from exc
     if not isinstance(data, dict):
-        raise _error(path, "expected a JSON object")
+        raise CheckpointError(path, "expected a JSON object")
     return data
 
 
@@ -360,14 +351,14 @@ def _parse_onnx(data: bytes, path: Path) -> Any:
     from google.protobuf.message import DecodeError
 
     if not data:
-        raise _error(path, "empty file")
+        raise CheckpointError(path, "empty file")
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise _error(path, f"not a readable ONNX model ({type(exc).__name__}: {exc}); truncated or "
+        raise CheckpointError(path, f"not a readable ONNX model ({type(exc).__name__}: {exc}); truncated or "
                      "corrupt?") from exc
     if not proto.graph.node or not proto.graph.input or not proto.graph.output:
-        raise _error(path, "not a usable ONNX model (empty graph); truncated or corrupt?")
+        raise CheckpointError(path, "not a usable ONNX model (empty graph); truncated or corrupt?")
     return proto
 
 
@@ -377,9 +368,9 @@ def _embedded_meta(proto: Any, path: Path) -> dict | None:
             try:
                 data = json.loads(prop.value)
             except json.JSONDecodeError as exc:
-                raise _error(path, f"metadata_props[{META_KEY!r}] is not JSON ({exc})") from exc
+                raise CheckpointError(path, f"metadata_props[{META_KEY!r}] is not JSON ({exc})") from exc
             if not isinstance(data, dict):
-                raise _error(path, f"metadata_props[{META_KEY!r}] is not a JSON object")
+                raise CheckpointError(path, f"metadata_props[{META_KEY!r}] is not a JSON object")
             return data
     return None
 
@@ -392,7 +383,7 @@ def read_onnx_meta(path: str | Path) -> dict:
     """An exported model's metadata: ``model.onnx.json`` if present, checked against the embedded copy."""
     p = Path(path)
     if not p.is_file():
-        raise _error(p, "ONNX model file not found")
+        raise CheckpointError(p, "ONNX model file not found")
     proto = _parse_onnx(p.read_bytes(), p)
     return _resolve_meta(proto, p)
 
@@ -402,21 +393,21 @@ def _resolve_meta(proto: Any, p: Path) -> dict:
     side = onnx_meta_path(p)
     sidecar = _json_file(side) if side.is_file() else None
     if sidecar is None and embedded is None:
-        raise _error(p, f"no kdlandmark metadata: neither {side.name} nor "
+        raise CheckpointError(p, f"no kdlandmark metadata: neither {side.name} nor "
                      f"metadata_props[{META_KEY!r}]")
     if sidecar is not None and embedded is not None:
         for key in _MUST_AGREE:
             if sidecar.get(key) != embedded.get(key):
-                raise _error(side, f"{key!r} is {sidecar.get(key)!r} here but {embedded.get(key)!r} in "
-                             f"{p.name}'s own metadata: the JSON belongs to another model")
+                raise CheckpointError(side, f"{key!r} is {sidecar.get(key)!r} here but {embedded.get(key)!r} "
+                                            f"in {p.name}'s own metadata: the JSON belongs to another model")
     meta = sidecar if sidecar is not None else embedded
     assert meta is not None
     where = side if sidecar is not None else p
     if meta.get("format") != ONNX_FORMAT:
-        raise _error(where, f"not kdlandmark ONNX metadata (format {meta.get('format')!r})")
+        raise CheckpointError(where, f"not kdlandmark ONNX metadata (format {meta.get('format')!r})")
     for key in ("layout", "input_size"):
         if key not in meta:
-            raise _error(where, f"missing {key!r}")
+            raise CheckpointError(where, f"missing {key!r}")
     return meta
 
 
@@ -437,14 +428,14 @@ def _check_graph(proto: Any, meta: dict, path: Path, layout: Layout) -> None:
     size = int(meta["input_size"])
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise _error(path, f"expected one input and one output, found {len(inputs)} and "
+        raise CheckpointError(path, f"expected one input and one output, found {len(inputs)} and "
                      f"{len(proto.graph.output)}")
     din, dout = _dims(inputs[0]), _dims(proto.graph.output[0])
     if len(din) != 4 or din[2:] != [size, size]:
-        raise _error(path, f"graph input shape {din} does not match input_size {size} of the metadata "
-                     "(expected [B, 3, S, S])")
+        raise CheckpointError(path, f"graph input shape {din} does not match input_size {size} of the "
+                                    "metadata (expected [B, 3, S, S])")
     if len(dout) != 3 or dout[1:] != [layout.num_points, 2]:
-        raise _error(path, f"graph output shape {dout} does not match the {layout.name} layout's "
+        raise CheckpointError(path, f"graph output shape {dout} does not match the {layout.name} layout's "
                      f"{layout.num_points} points of the metadata (expected [B, N, 2])")
 
 
@@ -464,7 +455,7 @@ def onnx_session(model: bytes | str | Path, *, threads: int | None = None, provi
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own exception types
-        raise _error(where or "<onnx bytes>", f"ONNX Runtime cannot load the model: {exc}") from exc
+        raise CheckpointError(where or "<onnx bytes>", f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
 def load_onnx(path: str | Path, *, layout: Layout | str | None = None, threads: int | None = None,
@@ -478,7 +469,7 @@ def load_onnx(path: str | Path, *, layout: Layout | str | None = None, threads: 
     """
     p = Path(path)
     if not p.is_file():
-        raise _error(p, "ONNX model file not found")
+        raise CheckpointError(p, "ONNX model file not found")
     data = p.read_bytes()
     proto = _parse_onnx(data, p)
     meta = _resolve_meta(proto, p)
@@ -486,51 +477,8 @@ def load_onnx(path: str | Path, *, layout: Layout | str | None = None, threads: 
     if layout is not None:
         want = get_layout(layout) if isinstance(layout, str) else layout
         if want.name != lay.name or want.num_points != lay.num_points:
-            raise _error(p, f"model is for layout {lay.name!r} ({lay.num_points} points) but layout "
+            raise CheckpointError(p, f"model is for layout {lay.name!r} ({lay.num_points} points) but layout "
                          f"{want.name!r} ({want.num_points} points) is needed")
     _check_graph(proto, meta, p, lay)
     del proto
     return onnx_session(data, threads=threads, providers=providers, where=p), meta
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark export``."""
-    parser.add_argument("--model", type=Path, required=True,
-                        help="checkpoint folder (model.json + model.safetensors)")
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
-    parser.add_argument("--out", type=Path, default=None, help="output .onnx (default: CKPT/model.onnx)")
-    parser.add_argument("--fp16", action="store_true", help="half-precision weights and input (GPU runtimes)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: --batch)")
-    parser.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic-batch")
-    parser.add_argument("--int8", action="store_true",
-                        help="also write a dynamically quantised int8 model and measure its NME change")
-    parser.add_argument("--int8-mode", choices=["dynamic", "static"], default="dynamic",
-                        help="dynamic: quantize_dynamic (no data); static: QDQ calibrated on synthetic faces")
-    parser.add_argument("--int8-eval", type=int, default=200, metavar="N",
-                        help="synthetic test faces for the int8 NME comparison (0: skip)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
-
-
-def export_main(args: argparse.Namespace) -> int:
-    """``kdlandmark export``: write the ONNX model(s), print paths, parity and the int8 NME change."""
-    res = export_onnx(args.model, args.out, fp16=args.fp16, dynamic_batch=args.dynamic_batch, int8=args.int8,
-                      int8_mode=args.int8_mode, batch=args.batch, opset=args.opset, check=not args.no_check)
-    print(f"onnx     : {res['onnx']} ({Path(res['onnx']).stat().st_size / 1e6:.2f} MB)")
-    print(f"metadata : {res['json']}")
-    if "parity" in res:
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in res["parity"].items())
-        print(f"parity   : max |onnxruntime - torch| {diffs}")
-    if "int8" in res:
-        print(f"int8     : {res['int8']} ({Path(res['int8']).stat().st_size / 1e6:.2f} MB)")
-        if args.int8_eval > 0:
-            from kdlandmark.infer.bench import compare_nme
-
-            ref = res["onnx"] if not args.fp16 else None
-            cmp = compare_nme(ref or args.model, res["int8"], count=args.int8_eval)
-            print(f"int8 NME : {cmp['nme_int8'] * 100:.3f} % vs {cmp['nme_ref'] * 100:.3f} % "
-                  f"({cmp['reference']}) "
-                  f"on {cmp['faces']} synthetic faces: change {cmp['nme_change'] * 100:+.3f} points; "
-                  f"mean landmark shift {cmp['mean_shift_px']:.3f} px")
-    return 0

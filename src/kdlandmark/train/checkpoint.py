@@ -35,6 +35,7 @@ from torch import nn
 
 from kdlandmark.atomic import atomic_write_bytes
 from kdlandmark.atomic import fsync_dir as _fsync_dir
+from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import Layout, get_layout
 
 __all__ = [
@@ -64,15 +65,6 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 STATE_TENSORS = "state.safetensors"
 STATE_META = "state.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, inconsistent or does not fit; the message names the file."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 # --------------------------------------------------------------------------------------------- writing
