@@ -11,21 +11,24 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import get_layout
-from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import (
-    CheckpointError,
-    flatten_optimizer_state,
-    generator_state,
+from kdlandmark.modelfile import ModelMeta
+from kdlandmark.modelfile.checkpoint import (
     load_checkpoint,
     read_model_meta,
     resolve_checkpoint_dir,
-    rng_state,
     save_model_checkpoint,
+    write_checkpoint_dir,
+)
+from kdlandmark.models import LandmarkRegressor
+from kdlandmark.train.checkpoint import (
+    flatten_optimizer_state,
+    generator_state,
+    rng_state,
     set_generator_state,
     set_rng_state,
     unflatten_optimizer_state,
-    write_checkpoint_dir,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,13 +58,14 @@ def test_round_trip(tmp_path) -> None:
         assert k == k2 and torch.equal(a, b), k
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x), model.eval()(x))
-    assert meta["layout"] == {"name": "cofw", "num_points": 29}
-    assert meta["input_size"] == 64 and meta["epoch"] == 3 and meta["crop"]["margin"] == 0.15
-    assert meta["architecture"]["dropout"] == pytest.approx(0.3)
+    assert isinstance(meta, ModelMeta) and meta.layout is get_layout("cofw") and meta.role == "tough"
+    assert meta.input_size == 64 and meta.raw["epoch"] == 3 and meta.crop.margin == 0.15
+    assert meta.dropout == pytest.approx(0.3) and meta.metrics == {"val_nme": 0.05}
+    assert json.loads((d / "model.json").read_text())["layout"] == {"name": "cofw", "num_points": 29}
     # either file names the checkpoint too
     load_checkpoint(d / "model.json", layout="cofw")
     load_checkpoint(d / "model.safetensors", layout=get_layout("cofw"))
-    assert read_model_meta(d)["weights"]["sha256"] == meta["weights"]["sha256"]
+    assert read_model_meta(d).weights_sha256 == meta.weights_sha256 and len(meta.weights_sha256) == 64
 
 
 def test_wrong_layout_is_an_error_naming_the_file(tmp_path) -> None:

@@ -17,8 +17,8 @@ from kdlandmark.cli import DATASETS, FORMATS, NORMALISATIONS, ROLES, build_parse
 from kdlandmark.data.synth.dataset import FORMATS as SYNTH_FORMATS
 from kdlandmark.evaluate import protocols
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile.checkpoint import save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import save_model_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

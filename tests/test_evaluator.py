@@ -28,6 +28,7 @@ from kdlandmark.evaluate.evaluator import (
 )
 from kdlandmark.evaluate.metrics import nme_per_image
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile import ModelMeta
 
 MARGIN = 0.15
 CONTEXT = 0.4
@@ -140,9 +141,12 @@ class CentroidModel(nn.Module):
         return c[:, None, :].expand(-1, self.num_points, 2)
 
 
-def _meta() -> dict:
-    return {"role": "test", "architecture": {"backbone": "oracle"}, "input_size": INPUT,
-            "crop": {"margin": MARGIN, "context_margin": CONTEXT}}
+def _meta(**changes) -> ModelMeta:
+    """Metadata of a 300W model, input ``INPUT``, crop margin ``MARGIN`` (entries replaced by ``changes``)."""
+    data = {"format": "kdlandmark-checkpoint", "role": "test", "layout": "300w", "input_size": INPUT,
+            "architecture": {"backbone": "oracle", "num_points": 68},
+            "crop": {"margin": MARGIN, "context_margin": CONTEXT}, **changes}
+    return ModelMeta.from_json(data, "test")
 
 
 def _all(originals: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
@@ -239,8 +243,9 @@ def test_wflw_attribute_subsets_pool_the_flagged_faces(tmp_path: Path) -> None:
                                     attributes={"test": attrs})
     lms = originals["test"]
     noisy = exact_model_coords(lms) + rng.normal(0, 0.01, (12, 98, 2)).astype(np.float32)
+    wflw = _meta(layout="wflw", architecture={"backbone": "oracle", "num_points": 98})
     res = evaluate_checkpoint("x", root, dataset="wflw", out_dir=tmp_path / "eval", bootstrap=0,
-                              latency_runs=0, model=QueueModel(noisy), meta=_meta(), device="cpu")
+                              latency_runs=0, model=QueueModel(noisy), meta=wflw, device="cpu")
     preds = load_predictions(tmp_path / "eval")
     nme = nme_per_image(preds.pred["test"], preds.gt["test"], get_layout("wflw"))
     assert res["subsets"]["full"]["count"] == 12
@@ -258,15 +263,15 @@ def test_layout_mismatch_and_missing_splits_are_clear_errors(tmp_path: Path) -> 
     model = QueueModel(np.zeros((3, 68, 2), np.float32))
     with pytest.raises(ValueError, match="predicts 29 points"):
         evaluate_checkpoint("x", root, dataset="300w", out_dir=tmp_path / "e", model=model, latency_runs=0,
-                            meta={**_meta(), "architecture": {"backbone": "b", "num_points": 29}})
+                            meta=_meta(layout="cofw", architecture={"backbone": "b", "num_points": 29}))
     with pytest.raises(ValueError, match="not prepared"):
         evaluate_checkpoint("x", root, dataset="300w", out_dir=tmp_path / "e", model=model, latency_runs=0,
                             meta=_meta(), splits=["test-private"])
 
 
 def test_real_checkpoint_and_command_line_rescore(tmp_path: Path, capsys) -> None:
+    from kdlandmark.modelfile.checkpoint import save_model_checkpoint
     from kdlandmark.models import LandmarkRegressor
-    from kdlandmark.train.checkpoint import save_model_checkpoint
 
     root, _ = make_prepared(tmp_path / "prep", splits={"test-common": 3, "test-challenging": 2})
     torch.manual_seed(0)
@@ -312,8 +317,8 @@ def test_a_raw_dataset_root_is_prepared_first(tmp_path: Path) -> None:
     synthesize("300w", 30, tmp_path / "raw", seed=2, size=96, test_fraction=0.5, workers=1)
     model = QueueModel(np.zeros((7, 68, 2), np.float32))
     res = evaluate_checkpoint("x", tmp_path / "raw", dataset="300w", out_dir=tmp_path / "e", bootstrap=0,
-                              latency_runs=0, model=model, meta={**_meta(), "crop": {
-                                  "margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64}},
+                              latency_runs=0, model=model, meta=_meta(crop={
+                                  "margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64}),
                               device="cpu", cache_dir=tmp_path / "cache")
     assert {"common", "challenging", "full"} <= set(res["subsets"]) and res["subsets"]["full"]["count"] == 15
     cache = PreparedSet(tmp_path / "cache")                       # kept where asked, with the model's crop

@@ -10,9 +10,11 @@ import onnx
 import pytest
 import torch
 
+from kdlandmark.bench import bench_infer
 from kdlandmark.cli import main
 from kdlandmark.data.crop import landmark_box
-from kdlandmark.infer.bench import bench_infer, synthetic_faces
+from kdlandmark.data.synth.sample_faces import synthetic_faces
+from kdlandmark.errors import CheckpointError
 from kdlandmark.infer.export import (
     META_KEY,
     export_onnx,
@@ -24,8 +26,8 @@ from kdlandmark.infer.export import (
 )
 from kdlandmark.infer.landmarker import Landmarker
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile.checkpoint import load_checkpoint, save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import CheckpointError, load_checkpoint, save_model_checkpoint
 
 LAYOUT = get_layout("300w")
 SIZE = 64
@@ -83,7 +85,7 @@ def test_metadata_beside_and_inside_the_onnx_file(checkpoint, exported):
     assert side["layout"] == {"name": "300w", "num_points": 68}
     assert side["input_size"] == SIZE and side["crop"]["margin"] == 0.15
     assert side["normalisation"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert read_onnx_meta(exported["onnx"])["precision"] == "fp32"
+    assert read_onnx_meta(exported["onnx"]).precision == "fp32"
 
 
 def test_landmarker_onnx_backend_gives_the_torch_results(checkpoint, exported, faces):
@@ -100,7 +102,7 @@ def test_landmarker_onnx_backend_gives_the_torch_results(checkpoint, exported, f
 def test_fixed_batch_export_is_fed_in_chunks(checkpoint, faces, tmp_path):
     res = export_onnx(checkpoint, tmp_path / "b2.onnx", batch=2)
     session, meta = load_onnx(res["onnx"])
-    assert session.get_inputs()[0].shape[0] == 2 and meta["dynamic_batch"] is False
+    assert session.get_inputs()[0].shape[0] == 2 and meta.raw["dynamic_batch"] is False
     lo = Landmarker.from_checkpoint(res["onnx"], backend="onnx", detector="full", batch_size=3)
     lt = Landmarker.from_checkpoint(checkpoint, detector="full")
     images = [img for img, _ in faces[:3]]
@@ -110,7 +112,7 @@ def test_fixed_batch_export_is_fed_in_chunks(checkpoint, faces, tmp_path):
 
 def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tmp_path):
     int8 = exported["int8"]
-    assert read_onnx_meta(int8)["precision"] == "int8"
+    assert read_onnx_meta(int8).precision == "int8"
     assert int8.stat().st_size < 0.5 * exported["onnx"].stat().st_size
     lt = Landmarker.from_checkpoint(checkpoint, detector="full")
     lq = Landmarker.from_checkpoint(int8, backend="onnx", detector="full")
@@ -120,12 +122,12 @@ def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tm
     # graph must run, give finite points and really differ from the fp32 one
     assert q.shape == ref.shape and np.isfinite(q).all() and np.abs(q - ref).max() > 1e-3
     static = quantize_int8(exported["onnx"], tmp_path / "static.int8.onnx", mode="static", calibration=4)
-    assert "quantize_static" in read_onnx_meta(static)["quantisation"]
+    assert "quantize_static" in read_onnx_meta(static).raw["quantisation"]
     ls = Landmarker.from_checkpoint(static, backend="onnx", detector="full")
     assert np.isfinite(ls(img)[0].landmarks).all()
     res = export_onnx(checkpoint, tmp_path / "half.onnx", fp16=True, dynamic_batch=True)
     session, meta = load_onnx(res["onnx"])
-    assert meta["precision"] == "fp16" and session.get_inputs()[0].type == "tensor(float16)"
+    assert meta.precision == "fp16" and session.get_inputs()[0].type == "tensor(float16)"
     model, _ = load_checkpoint(checkpoint)
     x = np.random.default_rng(3).random((2, 3, SIZE, SIZE), dtype=np.float32)
     with torch.inference_mode():
@@ -176,7 +178,7 @@ def test_metadata_that_disagrees_with_the_graph_names_the_file(exported, tmp_pat
     with pytest.raises(CheckpointError, match="size.onnx.json"):
         load_onnx(p)
     onnx_meta_path(p).unlink()                             # embedded metadata alone still loads
-    assert load_onnx(p)[1]["input_size"] == SIZE
+    assert load_onnx(p)[1].input_size == SIZE
     onnx_meta_path(p).write_text("{not json")
     with pytest.raises(CheckpointError, match="size.onnx.json"):
         load_onnx(p)

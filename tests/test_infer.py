@@ -15,6 +15,8 @@ from kdlandmark.cli import main
 from kdlandmark.data.crop import crop_affine, landmark_box
 from kdlandmark.data.formats._common import read_pts
 from kdlandmark.data.samples import DatasetError
+from kdlandmark.data.synth.sample_faces import synthetic_faces
+from kdlandmark.errors import CheckpointError
 from kdlandmark.infer.detect import (
     BoxTransform,
     DetectorUnavailable,
@@ -28,8 +30,8 @@ from kdlandmark.infer.detect import (
 )
 from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile.checkpoint import model_meta, save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import CheckpointError, model_meta, save_model_checkpoint
 
 LAYOUT = get_layout("300w")
 SIZE = 64
@@ -71,8 +73,6 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def face():
-    from kdlandmark.infer.bench import synthetic_faces
-
     (img, lm), = synthetic_faces(LAYOUT, 1, seed=3, size=160)
     return img, lm
 
@@ -253,8 +253,6 @@ def test_auto_detector_is_haar_or_a_clear_error():
 @pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
 def test_haar_finds_a_frontal_synthetic_face():
     from kdlandmark.data.synth import frontal_shape
-    from kdlandmark.infer.bench import synthetic_faces
-
     found = 0
     for img, lm in synthetic_faces(LAYOUT, 12, seed=5, size=256):
         dets = HaarDetector(transform="300w")(img)

@@ -41,7 +41,7 @@ def experiment(tmp_path_factory) -> Path:
         noise = shared * NOISE[role] + rng.normal(0, 0.001, exact.shape).astype(np.float32)
         evaluate_checkpoint(f"{role}/best", prep, dataset="300w", out_dir=root / "eval" / role, bootstrap=200,
                             latency_runs=2 if k == 0 else 0, model=QueueModel(exact + noise),
-                            meta={**_meta(), "role": role}, device="cpu", name=label)
+                            meta=_meta(role=role), device="cpu", name=label)
         d = root / role
         d.mkdir()
         cols = ["epoch", "step", "lr", "loss", "val_nme", "best", "images_per_s"]
@@ -125,7 +125,7 @@ def test_report_is_self_contained_and_has_every_section(experiment: Path) -> Non
         experiment, title="kdlandmark: test experiment",
         models={LABELS[r]: experiment / "eval" / r for r in LABELS},
         train_dirs={LABELS[r]: experiment / r for r in LABELS}, asm_dir=experiment / "asm", dataset="300w",
-        bootstrap=200, latency_runs=0)
+        bootstrap=200)
     page = html_path.read_text()
     md = md_path.read_text()
     # self-contained: every src= is an embedded PNG, nothing is fetched
@@ -163,8 +163,7 @@ def test_report_is_self_contained_and_has_every_section(experiment: Path) -> Non
 def test_report_names_missing_inputs_instead_of_failing(experiment: Path, tmp_path) -> None:
     html_path, md_path = write_report(
         tmp_path, title="partial", models={"KD": experiment / "eval" / "kd", "gone": tmp_path / "nowhere"},
-        train_dirs={"KD": tmp_path / "no-training"}, asm_dir=None, dataset="cofw", bootstrap=50,
-        latency_runs=0)
+        train_dirs={"KD": tmp_path / "no-training"}, asm_dir=None, dataset="cofw", bootstrap=50)
     md = md_path.read_text()
     assert "Missing evaluations: gone" in md
     assert "No metrics.csv for: KD" in md and "No ASM variance curve" in md

@@ -32,8 +32,8 @@ from kdlandmark.config import (
     save_config,
     train_config,
 )
+from kdlandmark.modelfile.checkpoint import load_checkpoint
 from kdlandmark.train import trainer as trainer_mod
-from kdlandmark.train.checkpoint import load_checkpoint
 from kdlandmark.train.trainer import Trainer, lr_factor_fn, train_main
 
 
@@ -179,12 +179,12 @@ def test_tough_run_learns_and_writes_its_folder(data, tmp_path) -> None:
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)  # cosine to min_lr 0
     # the saved best model reproduces the best validation NME
     best, meta = load_checkpoint(out / "best", layout="cofw")
-    assert meta["epoch"] == res["best_epoch"] and meta["role"] == "tough" and meta["input_size"] == 32
-    assert meta["crop"]["margin"] == pytest.approx(0.15)
+    assert meta.raw["epoch"] == res["best_epoch"] and meta.role == "tough" and meta.input_size == 32
+    assert meta.crop.margin == pytest.approx(0.15)
     tr.model.load_state_dict(best.state_dict())
     assert tr.validate()["val_nme"] == pytest.approx(res["best_metric"], rel=1e-5)
     last, last_meta = load_checkpoint(out / "last")
-    assert last_meta["epoch"] == 5
+    assert last_meta.raw["epoch"] == 5
     assert sorted(p.name for p in (out / "last").iterdir()) == ["model.json", "model.safetensors",
                                                                  "state.json", "state.safetensors"]
     assert load_train_config(out / "config.yaml") == cfg
@@ -283,8 +283,8 @@ def test_kd_l2_warmup_is_the_baseline_then_kd_loss(data, teachers, tmp_path, mon
         cfg.optim.epochs, cfg.kd.l2_warmup_epochs, cfg.deterministic = 2, 1, True
         tr = Trainer(cfg)
         calls: list[int] = []
-        real = tr._teacher_predict
-        monkeypatch.setattr(tr, "_teacher_predict",
+        real = tr.teacher_predict
+        monkeypatch.setattr(tr, "teacher_predict",
                             lambda x, real=real, tr=tr, calls=calls: calls.append(tr.epoch) or real(x))
         hist = tr.fit()["history"]
         adam_steps = {int(st["step"]) for st in tr.optimizer.state.values()}

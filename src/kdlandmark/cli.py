@@ -328,11 +328,15 @@ def _run_export(a: argparse.Namespace) -> int:
     if "int8" in res:
         print(f"int8     : {res['int8']} ({Path(res['int8']).stat().st_size / 1e6:.2f} MB)")
         if a.int8_eval > 0:
-            from kdlandmark.infer.bench import compare_nme
+            from kdlandmark.evaluate.synthetic import compare_nme
+            from kdlandmark.infer.landmarker import Landmarker
 
             reference = Path(res["onnx"]) if not a.fp16 else Path(a.model)
-            cmp = compare_nme(reference, res["int8"], count=a.int8_eval)
-            print(f"int8 NME : {cmp['nme_int8'] * 100:.3f} % vs {cmp['nme_ref'] * 100:.3f} % "
+            models = [Landmarker.from_checkpoint(p, backend="onnx" if p.suffix == ".onnx" else "torch",
+                                                 detector=None, batch_size=1)
+                      for p in (reference, Path(res["int8"]))]
+            cmp = compare_nme(*models, count=a.int8_eval)
+            print(f"int8 NME : {cmp['nme_other'] * 100:.3f} % vs {cmp['nme_reference'] * 100:.3f} % "
                   f"({reference.name}) on {cmp['faces']} synthetic faces: change "
                   f"{cmp['nme_change'] * 100:+.3f} points; mean landmark shift {cmp['mean_shift_px']:.3f} px")
     return 0
@@ -403,7 +407,7 @@ def _cmd_bench(sub: argparse._SubParsersAction) -> None:
 def _run_bench_infer(a: argparse.Namespace) -> int:
     import json
 
-    from kdlandmark.infer.bench import bench_infer
+    from kdlandmark.bench import bench_infer
 
     archs = a.arch or ([] if a.model is not None else
                        ["mobilenetv2_100:224", "mobilenetv2_100:112", "mobilenetv2_050:112"])

@@ -117,12 +117,11 @@ class Pipeline:
         return (self.root / role / "result.json").is_file()
 
     def train(self, role: str) -> None:
-        from kdlandmark.train.checkpoint import STATE_META, resolve_checkpoint_dir
+        from kdlandmark.train.checkpoint import has_training_state
         from kdlandmark.train.trainer import train
 
         run = self.root / role
-        resume = resolve_checkpoint_dir(run / "last", STATE_META) is not None
-        result = train(train_config(self.exp, role, resume=resume))
+        result = train(train_config(self.exp, role, resume=has_training_state(run)))
         result = {k: v for k, v in result.items() if k != "history"}
         write_json_atomic(run / "result.json", result)
 

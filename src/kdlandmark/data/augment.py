@@ -25,7 +25,6 @@ as in :mod:`kdlandmark.data.crop`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from kdlandmark.config import AugmentConfig
 from kdlandmark.layouts import Layout
 
-__all__ = ["AugmentConfig", "BatchAugmenter", "benchmark_augment"]
+__all__ = ["AugmentConfig", "BatchAugmenter"]
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
@@ -284,39 +283,3 @@ class BatchAugmenter:
                device: torch.device) -> torch.Tensor:
         gen_device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=gen_device).to(device)
-
-
-def benchmark_augment(batch: int = 64, stored: int = 256, out: int = 224, device: str = "cpu",
-                      iters: int = 20, train: bool = True) -> dict:
-    """Throughput of :class:`BatchAugmenter` on random data (default config, 300W layout).
-
-    Returns ``batches_per_s``, ``images_per_s`` and ``ms_per_batch`` together with the settings.  Two
-    warm-up batches are not timed; on CUDA the clock waits for the device.
-    """
-    from kdlandmark.layouts import get_layout
-
-    dev = torch.device(device)
-    layout = get_layout("300w")
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(0)
-    images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen, device=dev)
-    lms = torch.rand(batch, layout.num_points, 2, generator=gen, device=dev) * stored
-    aug = BatchAugmenter(layout, stored, out, view_scale=(1 + 2 * 0.15) / (1 + 2 * 0.4))
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(2):
-        aug(images, [lms], train=train, generator=gen)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        aug(images, [lms], train=train, generator=gen)
-    sync()
-    dt = time.perf_counter() - t0
-    return {
-        "device": str(dev), "batch": batch, "stored": stored, "out": out, "iters": iters, "train": train,
-        "threads": torch.get_num_threads(), "batches_per_s": iters / dt, "images_per_s": iters * batch / dt,
-        "ms_per_batch": 1000.0 * dt / iters,
-    }

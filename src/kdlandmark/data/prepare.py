@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ __all__ = [
     "format_summary",
     "crop_image",
     "decode_image",
-    "benchmark_prepare",
 ]
 
 log = logging.getLogger("kdlandmark")
@@ -377,49 +374,3 @@ def format_summary(prepared: PreparedSet) -> str:
 
 
 # ----------------------------------------------------------------------------------------- benchmark
-
-def _fake_300w(root: Path, count: int, seed: int = 0, source: tuple[int, int] = (256, 512)) -> None:
-    """A 300W-like train tree of ``count`` JPEG photos of blobs and noise, with random 68-point faces."""
-    from kdlandmark.data.formats import open_writer
-
-    rng = np.random.default_rng(seed)
-    parts = ("afw", "helen/trainset", "lfpw/trainset")
-    n = get_layout("300w").num_points
-    with open_writer("300w", root) as writer:
-        for i in range(count):
-            h, w = (int(v) for v in rng.integers(source[0], source[1] + 1, size=2))
-            low = rng.uniform(0, 255, size=(8, 8, 3)).astype(np.float32)
-            img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-            img += rng.normal(0, 12, size=img.shape).astype(np.float32)
-            img = np.clip(img, 0, 255).astype(np.uint8)
-            side = rng.uniform(0.3, 0.6) * min(h, w)
-            cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
-            lm = np.stack([cx + rng.uniform(-side / 2, side / 2, n),
-                           cy + rng.uniform(-side / 2, side / 2, n)], axis=1)
-            writer.add(parts[i % 3], img, FaceSample(image_path="", landmarks=lm.astype(np.float32),
-                                                     box=landmark_box(lm)))
-
-
-def benchmark_prepare(count: int = 3000, size: int = 256, workers: int | None = None,
-                      source: tuple[int, int] = (256, 512), keep: str | Path | None = None) -> dict:
-    """Time :func:`prepare_dataset` on a synthetic 300W-like tree of ``count`` JPEGs of ``source`` px.
-
-    The tree is generated first (not timed) in a temporary folder (or ``keep``, which is kept).
-    Returns ``faces``, ``seconds``, ``faces_per_s``, ``workers``, ``size`` and ``generate_seconds``.
-    """
-    base = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="kdl-bench-prepare-"))
-    try:
-        t0 = time.perf_counter()
-        data = base / "data"
-        if not (data / "afw").is_dir():
-            _fake_300w(data, count, source=source)
-        gen = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prepared = prepare_dataset("300w", data, base / "prepared", size=size, workers=workers)
-        dt = time.perf_counter() - t0
-        faces = sum(len(prepared.split(n)) for n in prepared.split_names)
-        return {"faces": faces, "seconds": dt, "faces_per_s": faces / dt, "size": size,
-                "workers": workers or os.cpu_count(), "generate_seconds": gen, "source": list(source)}
-    finally:
-        if keep is None:
-            shutil.rmtree(base, ignore_errors=True)

@@ -147,7 +147,7 @@ def render_examples(run: EvalRun, *, tile: int = 176, per_row: int | None = None
     """
     import cv2
 
-    from kdlandmark.evaluate.draw import draw_landmarks, image_grid
+    from kdlandmark.draw import draw_landmarks, image_grid
 
     path = run.path / EXAMPLES_NPZ
     preds = run.predictions
@@ -201,21 +201,13 @@ def _mean_face(run: EvalRun, score: ProtocolScore, subset: str) -> np.ndarray | 
 
 
 # --------------------------------------------------------------------------------------------- latency
-def _latency(run: EvalRun, runs: int) -> tuple[float | None, str]:
-    """CPU latency (ms, batch 1) from the evaluation, or measured now from its checkpoint."""
+def _latency(run: EvalRun) -> tuple[float | None, str]:
+    """CPU latency (ms, batch 1) as the evaluation measured it (the report renders, it does not time)."""
     m = run.metrics
-    if m.get("latency_ms_cpu") is not None:
-        lat = m.get("latency") or {}
-        return float(m["latency_ms_cpu"]), f"{lat.get('threads', '?')} threads, at evaluation"
-    ckpt = m.get("checkpoint")
-    if runs <= 0 or not ckpt or not Path(ckpt).exists():
-        return None, "not measured"
-    from kdlandmark.evaluate.evaluator import measure_latency
-    from kdlandmark.train.checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(ckpt, device="cpu")
-    lat = measure_latency(model, int(meta.get("input_size", 224)), runs=runs)
-    return float(lat["ms_median"]), f"{lat['threads']} threads, measured for this report"
+    if m.get("latency_ms_cpu") is None:
+        return None, "not measured (evaluated with --latency-runs 0)"
+    lat = m.get("latency") or {}
+    return float(m["latency_ms_cpu"]), f"{lat.get('threads', '?')} threads, at evaluation"
 
 
 def _synthetic_note(runs: Sequence[EvalRun]) -> str | None:
@@ -240,7 +232,7 @@ def _synthetic_note(runs: Sequence[EvalRun]) -> str | None:
 # --------------------------------------------------------------------------------------------- the report
 def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | Path],
                  train_dirs: Mapping[str, str | Path] | None = None, asm_dir: str | Path | None = None,
-                 dataset: str, notes: Sequence[str] = (), bootstrap: int = 1000, latency_runs: int = 20,
+                 dataset: str, notes: Sequence[str] = (), bootstrap: int = 1000,
                  examples_per_row: int | None = None) -> tuple[Path, Path]:
     """Write ``run_dir/report.html`` (self-contained) and ``run_dir/report.md``; returns both paths.
 
@@ -256,7 +248,6 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
         dataset: ``300w``, ``wflw``, ``cofw`` or ``folder`` (selects the published numbers).
         notes: extra remarks printed at the top.
         bootstrap: resamples for intervals and the paired tests.
-        latency_runs: CPU forwards to time a model whose evaluation did not record a latency.
     """
     from kdlandmark.evaluate.plots import (
         asm_variance_figure,
@@ -454,7 +445,7 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
     rows = []
     for r in runs:
         m = r.metrics
-        ms, how = _latency(r, latency_runs)
+        ms, how = _latency(r)
         rows.append([r.label, str(m.get("backbone") or "-"), str(m.get("input_size") or "-"),
                      _fmt_num(m["params"] / 1e6 if m.get("params") is not None else None, ".2f"),
                      _fmt_num(m["flops"] / 1e9 if m.get("flops") is not None else None, ".3f"),

@@ -2,7 +2,7 @@
 
 For each image: ``<out>/<name>.json`` (faces: box, score, layout, landmarks in image pixels), unless
 ``--json-only`` an annotated copy ``<out>/<name>.<ext>`` (landmarks drawn with
-:func:`kdlandmark.evaluate.draw.draw_landmarks`, boxes with ``--show-box``), and with ``--pts`` (default
+:func:`kdlandmark.draw.draw_landmarks`, boxes with ``--show-box``), and with ``--pts`` (default
 on for layouts whose benchmark ships ``.pts`` files, i.e. 300W) one 1-based ``.pts`` file per face:
 ``<name>.pts`` for the first face, ``<name>_1.pts``, ``<name>_2.pts`` ... for the others.
 
@@ -71,7 +71,7 @@ def annotate(image_bgr: np.ndarray, faces: Sequence[Any], *, show_box: bool = Fa
     """A copy of the image with each face's landmarks (and box) drawn."""
     import cv2
 
-    from kdlandmark.evaluate.draw import draw_landmarks
+    from kdlandmark.draw import draw_landmarks
 
     out = image_bgr
     for face in faces:
@@ -305,7 +305,7 @@ def example_figure(model: str | Path, out: str | Path, *, count: int = 6, seed: 
     import cv2
 
     from kdlandmark.data.synth import render_face
-    from kdlandmark.evaluate.draw import image_grid
+    from kdlandmark.draw import image_grid
     from kdlandmark.evaluate.metrics import nme_per_image
     from kdlandmark.infer.landmarker import Landmarker
 

@@ -35,7 +35,7 @@ def comparison_figure(prepared, split: str, soft: np.ndarray, path: Path, count:
     """PNG grid of training crops with hard (green) and soft (red) landmarks."""
     import cv2
 
-    from kdlandmark.evaluate.draw import draw_landmarks, image_grid
+    from kdlandmark.draw import draw_landmarks, image_grid
 
     sp = prepared.split(split)
     idx = np.linspace(0, len(sp) - 1, min(count, len(sp))).astype(int)

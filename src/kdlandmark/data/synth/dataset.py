@@ -23,6 +23,7 @@ from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box
 from kdlandmark.data.samples import FaceSample
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
 from kdlandmark.data.synth.render import PIVOT, Camera, RenderedFace, render
+from kdlandmark.draw import draw_landmarks
 from kdlandmark.layouts import Layout, get_layout
 
 __all__ = [
@@ -245,17 +246,6 @@ def format_summary(summary: dict) -> str:
 
 # -------------------------------------------------------------------------------------- pictures
 
-def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray | None = None,
-                   radius: float = 1.2) -> np.ndarray:
-    """A copy of ``image`` with small dots: green visible, red occluded."""
-    out = image.copy()
-    occ = np.zeros(len(landmarks), bool) if occluded is None else np.asarray(occluded, bool)
-    for (x, y), o in zip(landmarks, occ, strict=True):
-        cv2.circle(out, (int(round(x * 16)), int(round(y * 16))), int(radius * 16),
-                   (40, 40, 255) if o else (60, 255, 60), -1, cv2.LINE_AA, 4)
-    return out
-
-
 def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count: int = 24,
                   columns: int = 6, dots: bool = True) -> None:
     """Write a grid PNG of the first ``count`` faces of seed ``seed``, landmarks drawn as small dots."""
@@ -264,7 +254,8 @@ def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count
     for i in range(count):
         image, lm, info = render_face(np.random.default_rng([seed, i]), layout, size)
         if dots:
-            image = draw_landmarks(image, lm, info["occluded"], radius=max(1.0, size / 200))
+            image = draw_landmarks(image, lm, color=(60, 255, 60), radius=max(1.0, size / 200), lines=False,
+                                   occluded=info["occluded"], occluded_color=(40, 40, 255))
         tiles.append(image)
     rows = math.ceil(count / columns)
     blank = np.full((size, size, 3), 255, np.uint8)
