@@ -435,12 +435,25 @@ class PrepareConfig:
 
 @dataclass
 class AsmConfig:
-    """Soft landmarks (:func:`kdlandmark.shape.asm.fit_asm`): kept variance, Procrustes, clipping."""
+    """Soft landmarks (:func:`kdlandmark.shape.asm.fit_asm`).
+
+    Attributes:
+        variance: share of the shape variance the kept components explain (paper: 0.9).
+        procrustes: align the shapes by generalised Procrustes analysis first (classic ASM).
+        clip: shape parameters clipped to ``+- clip * sqrt(lambda)`` (``null``: no clipping).
+        max_iter: cap on the Procrustes iterations.
+    """
 
     variance: float = 0.9
     procrustes: bool = True
     clip: float | None = 3.0
     max_iter: int = 20
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"asm.clip must be positive or null, got {self.clip}")
+        if self.max_iter < 1:
+            raise ValueError(f"asm.max_iter must be >= 1, got {self.max_iter}")
 
 
 @dataclass
@@ -486,12 +499,23 @@ class RuntimeConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings: NME normalisation, failure threshold, batch, splits (``null``: all test)."""
+    """Evaluation settings of the pipeline's evaluate stage.
+
+    Attributes:
+        normalisation: NME normaliser (``inter-ocular``, ``inter-pupil`` or ``box``).
+        failure_threshold: failure threshold and AUC limit (0.10; 0.08 for some WFLW tables).
+        batch_size: faces per forward pass.
+        splits: prepared splits to evaluate (``null``: every test split of the protocol).
+    """
 
     normalisation: str = "inter-ocular"
     failure_threshold: float = 0.1
     batch_size: int = 64
     splits: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
