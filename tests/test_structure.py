@@ -141,3 +141,34 @@ def test_every_module_imports_only_its_layer_and_below(graph) -> None:
     upward = [f"{m} ({_layer(m)}) -> {t} ({_layer(t)})" for m, targets in graph.items() for t in targets
               if _layer(t) > _layer(m)]
     assert upward == []
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+MAX_FUNCTION, MAX_CLASS = 80, 300
+REASON = "# long:"
+
+
+def _too_long(path: Path, root: Path = SRC) -> list[str]:
+    """Functions over 80 lines and classes over 300 lines without a ``# long: <reason>`` line above them."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            size = node.end_lineno - node.lineno + 1
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if size > limit and not (above.startswith(REASON) and len(above) > len(REASON) + 10):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({size} lines)")
+    return found
+
+
+def test_no_function_over_80_lines_and_no_class_over_300_without_a_reason(tmp_path) -> None:
+    assert [f for p in sorted(PACKAGE.rglob("*.py")) for f in _too_long(p)] == []
+    # the check itself: an 81-line function is reported, with a one-line reason it is not
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    long = tmp_path / "long.py"
+    long.write_text(f"def f():\n{body}\n")
+    assert len(_too_long(long, tmp_path)) == 1
+    long.write_text(f"# long: a table that reads better in one piece\ndef f():\n{body}\n")
+    assert _too_long(long, tmp_path) == []

@@ -68,7 +68,7 @@ from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_
 from kdlandmark.train.logs import RunLog
 from kdlandmark.train.tensors import fetch, load_training_tensors
 
-__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers"]
+__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 #: ``mark(phase)`` is called after each phase of a step (``kdlandmark bench train`` times them).
@@ -156,6 +156,59 @@ def load_teachers(cfg: TrainConfig, device: torch.device, layout: Any) -> dict[s
     return teachers
 
 
+def build_student(cfg: TrainConfig, num_points: int, device: torch.device, dist: DistContext
+                  ) -> tuple[nn.Module, torch.optim.swa_utils.AveragedModel | None, nn.Module]:
+    """The network being trained, its EMA copy (``optim.ema_decay``) and the module the steps run (DDP,
+    ``torch.compile``)."""
+    model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points, pretrained=cfg.model.pretrained,
+                                         dropout=cfg.model.dropout)
+    if cfg.batchnorm == "sync" and dist.enabled:
+        if device.type != "cuda":
+            raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+                             "use 'frozen' or 'train'")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.optim.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    train_model: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    return model, ema, train_model
+
+
+def _open_run(trainer: Trainer) -> RunLog:
+    """Resume (``cfg.resume``) or refuse a folder that holds a run; write the config; open the log."""
+    cfg = trainer.cfg
+    resumed = ckpt.resume(trainer) if cfg.resume else False
+    if not cfg.resume and ckpt.has_training_state(trainer.out):
+        raise FileExistsError(f"{trainer.out}: already holds a training checkpoint (last/); pass "
+                              "resume=true to continue it or choose another output folder")
+    if trainer.dist.is_main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, trainer.out / "config.yaml",
+                    extra={"world_size": trainer.dist.world_size, "device": str(trainer.device),
+                           "resumed_at_epoch": trainer.epoch if resumed else None})
+    log = RunLog(trainer.out, main=trainer.dist.is_main, tensorboard=cfg.tensorboard,
+                 resumed_at=trainer.epoch if resumed else None)
+    if resumed:
+        log.say(f"resumed {trainer.out} at epoch {trainer.epoch} (step {trainer.step})")
+    else:
+        log.say(f"training {cfg.role}: {cfg.model.backbone} ({count_parameters(trainer.model):,} "
+                f"parameters), {trainer.n_train} train / {trainer.n_val} val images, "
+                f"{trainer.steps_per_epoch} steps x {trainer.world_batch} per epoch on "
+                f"{trainer.dist.world_size} x {trainer.device}")
+    return log
+
+
 # --------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Train one role on a prepared set; see the module docstring and docs/TRAINING.md.
@@ -194,7 +247,8 @@ class Trainer:
 
         # ---- model (identical initial weights on every rank: seeded before construction)
         _seed_everything(cfg.seed)
-        self._build_model()
+        self.model, self.ema, self.train_model = build_student(cfg, self.layout.num_points, self.device,
+                                                               self.dist)
         # ---- teachers (before the per-rank seeding below: building them draws random numbers, and a
         # KD student must see the same dropout and augmentation as the L2 baseline of the same seed)
         self.teachers = load_teachers(cfg, self.device, self.layout) if cfg.role == "kd" else {}
@@ -217,35 +271,6 @@ class Trainer:
         self.best_metric = math.inf
         self.best_epoch = -1
         self.history: list[dict] = []
-
-    def _build_model(self) -> None:
-        """The student network, its EMA copy and the module the steps run (DDP, compiled)."""
-        cfg = self.cfg
-        model: nn.Module = LandmarkRegressor(cfg.model.backbone, self.layout.num_points,
-                                             pretrained=cfg.model.pretrained, dropout=cfg.model.dropout)
-        if cfg.batchnorm == "sync" and self.dist.enabled:
-            if self.device.type != "cuda":
-                raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
-                                 "use 'frozen' or 'train'")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.ema: torch.optim.swa_utils.AveragedModel | None = None
-        if cfg.optim.ema_decay is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
-                                     use_buffers=True)
-        train_model: nn.Module = model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            train_model = torch.compile(train_model)  # type: ignore[assignment]
-        self.train_model = train_model
 
     # ----------------------------------------------------------------------------------------- data
     @property
@@ -435,29 +460,6 @@ class Trainer:
         """Write ``best/`` and/or ``last/`` (rank 0 only; every rank must call it for the RNG gather)."""
         ckpt.save_checkpoints(self, metrics, best=best, last=last)
 
-    def _start(self) -> RunLog:
-        """Resume (``cfg.resume``) or refuse a folder that holds a run; write the config; open the log."""
-        cfg = self.cfg
-        resumed = ckpt.resume(self) if cfg.resume else False
-        if not cfg.resume and ckpt.has_training_state(self.out):
-            raise FileExistsError(f"{self.out}: already holds a training checkpoint (last/); pass "
-                                  "resume=true to continue it or choose another output folder")
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml",
-                        extra={"world_size": self.dist.world_size, "device": str(self.device),
-                               "resumed_at_epoch": self.epoch if resumed else None})
-        log = RunLog(self.out, main=self.dist.is_main, tensorboard=cfg.tensorboard,
-                     resumed_at=self.epoch if resumed else None)
-        if resumed:
-            log.say(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
-        else:
-            log.say(f"training {cfg.role}: {cfg.model.backbone} ({count_parameters(self.model):,} "
-                    f"parameters), {self.n_train} train / {self.n_val} val images, "
-                    f"{self.steps_per_epoch} steps x {self.world_batch} per epoch on "
-                    f"{self.dist.world_size} x {self.device}")
-        return log
-
     def _run_epoch(self, epoch: int) -> tuple[dict, dict, bool]:
         """Train and validate one epoch: its CSV row, the metrics saved with it, whether it is the best."""
         t0 = time.perf_counter()
@@ -479,7 +481,7 @@ class Trainer:
         """Train to ``optim.epochs``; returns the best metric and epoch, the checkpoint paths, the history."""
         cfg = self.cfg
         try:
-            log = self._start()
+            log = _open_run(self)
             self.dist.barrier()
             bar = log.progress(self.epoch, cfg.optim.epochs, cfg.role)
             for epoch in bar:

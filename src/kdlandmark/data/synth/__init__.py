@@ -12,7 +12,6 @@ Modules: :mod:`.face` (3D model and layout sampling), :mod:`.render` (drawing),
 """
 
 from kdlandmark.data.synth.dataset import (
-    benchmark,
     contact_sheet,
     format_summary,
     frontal_shape,
@@ -28,7 +27,6 @@ __all__ = [
     "format_summary",
     "contact_sheet",
     "render_face",
-    "benchmark",
     "frontal_shape",
     "mean_shape_baseline_nme",
     "FaceShape",

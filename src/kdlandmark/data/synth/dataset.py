@@ -1,4 +1,4 @@
-"""Synthetic datasets in the benchmarks' native formats, contact sheets, speed and hardness figures.
+"""Synthetic datasets in the benchmarks' native formats, contact sheets and the hardness figure.
 
 Face ``i`` of a dataset with seed ``seed`` is rendered from ``np.random.default_rng([seed, i])`` and
 its split from a permutation seeded by ``seed`` alone, so the files do not depend on the number of
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box
 from kdlandmark.data.samples import FaceSample
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
-from kdlandmark.data.synth.render import PIVOT, Camera, RenderedFace, render
+from kdlandmark.data.synth.render import PIVOT, Camera, render
 from kdlandmark.draw import draw_landmarks
 from kdlandmark.layouts import Layout, get_layout
 
@@ -34,7 +34,6 @@ __all__ = [
     "synthesize",
     "format_summary",
     "contact_sheet",
-    "benchmark",
     "mean_shape_baseline_nme",
     "FORMATS",
     "TRAIN_PARTS",
@@ -269,29 +268,6 @@ def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count
 
 # ----------------------------------------------------------------------------------------- figures
 
-def benchmark(count: int = 300, size: int = 256, repeat: int = 3) -> float:
-    """Faces per second on one core: render (with its JPEG round trip) plus one JPEG encode per face.
-
-    OpenCV is limited to one thread and the time is this process's CPU time, so on a shared machine
-    the figure measures the generator rather than its neighbours; the same ``count`` faces are timed
-    ``repeat`` times and the fastest pass counts (as ``timeit`` does).
-    """
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        render(np.random.default_rng([123, 10**6]), size)  # warm-up
-        best = float("inf")
-        for _ in range(max(1, repeat)):
-            start = time.process_time()
-            for i in range(count):
-                face = render(np.random.default_rng([123, i]), size)
-                cv2.imencode(".jpg", face.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            best = min(best, time.process_time() - start)
-        return count / max(best, 1e-9)
-    finally:
-        cv2.setNumThreads(previous)
-
-
 _SPLITS = {"300w": ("train", "test-full"), "wflw": ("train", "test"), "cofw": ("train", "test")}
 
 
@@ -316,8 +292,3 @@ def mean_shape_baseline_nme(root: Path, fmt: str, size: int = 256) -> float:
     test = crops(test_split)
     err = np.linalg.norm(test - mean[None], axis=-1).mean(axis=-1)
     return float(np.mean(err / layout.normaliser(test)))
-
-
-def rendered(rng: np.random.Generator, size: int = 256) -> RenderedFace:
-    """The full :class:`RenderedFace` (image, geometry, camera, occluder mask) for ``rng``."""
-    return render(rng, size)
