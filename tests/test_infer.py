@@ -262,10 +262,49 @@ def test_haar_finds_a_frontal_synthetic_face():
     assert frontal_shape(LAYOUT).shape == (LAYOUT.num_points, 2)
 
 
-def test_landmarker_with_boxes_never_builds_a_detector(face):
+@pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
+def test_the_haar_calibration_tool_writes_the_constants_the_detector_reads(tmp_path):
+    import importlib.util
+    import runpy
+
+    from _train_helpers import REPO
+    from kdlandmark.infer import detect, haar_calibration
+
+    spec = importlib.util.spec_from_file_location("calibrate_haar", REPO / "scripts" / "calibrate_haar.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "haar_calibration.py"
+    assert tool.main(["--count", "40", "--held-out", "30", "--out", str(out)]) == 0
+    written = runpy.run_path(str(out))
+    assert written["SETUP"]["fit_faces"] == 40 and written["SETUP"]["cascade"] == detect.HAAR_CASCADE
+    for name, t in written["HAAR_BOX_TRANSFORMS"].items():
+        assert 0.8 < t["scale"] < 1.1 and abs(t["dx"]) < 0.05 and 0.1 < t["dy"] < 0.25, name
+        assert written["HELD_OUT"][name]["images"] == 30
+    # the package's module has the same form, and the detector uses exactly its numbers
+    assert set(haar_calibration.HAAR_BOX_TRANSFORMS) == set(written["HAAR_BOX_TRANSFORMS"])
+    assert {k: detect.BoxTransform(**v) for k, v in haar_calibration.HAAR_BOX_TRANSFORMS.items()} == \
+        detect.HAAR_BOX_TRANSFORMS
+
+
+def test_landmarker_with_boxes_never_builds_a_detector(face, monkeypatch):
+    from kdlandmark.infer import landmarker as landmarker_mod
+
     img, lm = face
+    built = []
+
+    def make(*args, **kwargs):
+        built.append(args)
+        return FullImageDetector(MARGIN)
+
+    monkeypatch.setattr(landmarker_mod, "make_detector", make)
     lmk = Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector="auto")
+    assert built == []                                           # not when the landmarker is made ...
     assert len(lmk(img, boxes=[landmark_box(lm)])) == 1
+    assert len(lmk.predict([img, img], boxes=[[landmark_box(lm)], np.zeros((0, 4))])) == 2
+    assert built == [] and lmk._detector is None                # ... nor when every image has boxes
+    assert len(lmk(img)) == 1 and len(built) == 1               # an image without boxes builds it once
+    lmk(img)
+    assert len(built) == 1
 
 
 # ------------------------------------------------------------------------------------------------ bad files

@@ -136,6 +136,11 @@ def test_export_is_a_leaf_of_inference(graph) -> None:
     assert not {t for t in graph["kdlandmark.infer.export"] if t.startswith("kdlandmark.infer")}
 
 
+def test_the_detector_does_not_need_the_renderer(graph) -> None:
+    # the Haar calibration is a tool (scripts/calibrate_haar.py) that writes the detector's constants
+    assert not {t for t in graph["kdlandmark.infer.detect"] if t.startswith("kdlandmark.data.synth")}
+
+
 def test_every_module_imports_only_its_layer_and_below(graph) -> None:
     assert set(graph) <= {m for m in graph if any(m == p or m.startswith(p + ".") for p in LAYERS)}
     upward = [f"{m} ({_layer(m)}) -> {t} ({_layer(t)})" for m, targets in graph.items() for t in targets
