@@ -110,6 +110,19 @@ def test_fixed_batch_export_is_fed_in_chunks(checkpoint, faces, tmp_path):
         assert np.abs(a[0].landmarks - b[0].landmarks).max() < 1e-2
 
 
+def _closeness(landmarker, reference, faces) -> tuple[float, float]:
+    """Mean over faces of the correlation between two models' centred landmarks, and of their mean
+    point distance relative to the reference's spread (1 and 0 for identical models)."""
+    corrs, rels = [], []
+    for img, lm in faces:
+        box = [landmark_box(lm)]
+        a, ref = landmarker.landmarks_in_boxes(img, box)[0], reference.landmarks_in_boxes(img, box)[0]
+        ca, cr = a - a.mean(0), ref - ref.mean(0)
+        corrs.append(float((ca * cr).sum() / np.linalg.norm(ca) / np.linalg.norm(cr)))
+        rels.append(float(np.linalg.norm(a - ref, axis=1).mean() / np.linalg.norm(cr, axis=1).mean()))
+    return float(np.mean(corrs)), float(np.mean(rels))
+
+
 def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tmp_path):
     int8 = exported["int8"]
     assert read_onnx_meta(int8).precision == "int8"
@@ -118,13 +131,18 @@ def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tm
     lq = Landmarker.from_checkpoint(int8, backend="onnx", detector="full")
     img, lm = faces[0]
     q, ref = lq(img)[0].landmarks, lt(img)[0].landmarks
-    # random weights say nothing about accuracy (docs/INFERENCE.md measures a trained model); the int8
-    # graph must run, give finite points and really differ from the fp32 one
-    assert q.shape == ref.shape and np.isfinite(q).all() and np.abs(q - ref).max() > 1e-3
+    assert q.shape == ref.shape and np.isfinite(q).all() and np.abs(q - ref).max() > 1e-3   # really int8
+    # random weights say nothing about accuracy (docs/INFERENCE.md measures a trained model), but the
+    # int8 graph must compute the same function: its landmarks follow the fp32 ones face by face
+    # (measured here: correlation 0.99, distance 12 % of the spread; a static model calibrated on
+    # blank images instead of faces scores 0.94 and 33 %)
+    corr, rel = _closeness(lq, lt, faces)
+    assert corr > 0.98 and rel < 0.2, (corr, rel)
     static = quantize_int8(exported["onnx"], tmp_path / "static.int8.onnx", mode="static", calibration=4)
     assert "quantize_static" in read_onnx_meta(static).raw["quantisation"]
     ls = Landmarker.from_checkpoint(static, backend="onnx", detector="full")
-    assert np.isfinite(ls(img)[0].landmarks).all()
+    corr, rel = _closeness(ls, lt, faces)
+    assert corr > 0.97 and rel < 0.25, (corr, rel)
     res = export_onnx(checkpoint, tmp_path / "half.onnx", fp16=True, dynamic_batch=True)
     session, meta = load_onnx(res["onnx"])
     assert meta.precision == "fp16" and session.get_inputs()[0].type == "tensor(float16)"

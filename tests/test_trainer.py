@@ -314,10 +314,29 @@ def test_kd_needs_both_teachers(data, teachers, tmp_path) -> None:
         Trainer(cfg)
 
 
-def test_l2_student_and_grad_clip(data, tmp_path) -> None:
+def test_l2_student_and_grad_clip(data, tmp_path, monkeypatch) -> None:
+    """Role l2 with AdamW and grad_clip: the optimiser is AdamW and every step's gradient is clipped."""
+    clip = 0.05
     cfg = tiny_train_config(data, tmp_path / "l2", role="l2")
-    cfg.optim.epochs, cfg.optim.grad_clip, cfg.optim.name = 1, 0.5, "adamw"
-    res = Trainer(cfg).fit()
+    cfg.optim.epochs, cfg.optim.grad_clip, cfg.optim.name, cfg.optim.weight_decay = 2, clip, "adamw", 0.01
+    tr = Trainer(cfg)
+    assert type(tr.optimizer) is torch.optim.AdamW
+    assert all(g["weight_decay"] == 0.01 for g in tr.optimizer.param_groups)
+    before, at_step = [], []                      # gradient norm before clipping, and when the step uses it
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm, **kw: before.append(float(real_clip(params, max_norm, **kw)))
+                        )
+
+    def grad_norm(opt, _args, _kwargs) -> None:
+        grads = [p.grad.norm() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        at_step.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+    tr.optimizer.register_step_pre_hook(grad_norm)
+    res = tr.fit()
+    assert len(at_step) == len(before) == 2 * tr.steps_per_epoch
+    assert min(before) > 2 * clip                 # clipping had work to do on every step ...
+    assert max(at_step) <= clip * (1 + 1e-4)      # ... and every step used the clipped gradient
     assert "l2" in res["history"][0] and math.isfinite(res["history"][0]["val_nme"])
 
 
