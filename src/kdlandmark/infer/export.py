@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from kdlandmark.atomic import atomic_write_bytes
-from kdlandmark.data.synth.sample_faces import synthetic_crops
 from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import Layout
 from kdlandmark.modelfile.meta import MODEL_COORDINATES, ONNX_FORMAT, ONNX_VERSION, ModelMeta, read_json
@@ -166,6 +165,8 @@ def _parity(model: Any, session: Any, meta: ModelMeta, *, fp16: bool, batch: int
     """Max |ONNX - PyTorch| on random inputs and on synthetic face crops."""
     import torch
 
+    from kdlandmark.data.synth.sample_faces import synthetic_crops  # the renderer, only when checking
+
     rng = np.random.default_rng(seed)
     n = 3 if dynamic_batch else batch
     size = meta.input_size
@@ -211,6 +212,8 @@ def quantize_int8(src: str | Path, dst: str | Path, *, mode: str = "dynamic", ca
         else:
             from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            from kdlandmark.data.synth.sample_faces import synthetic_crops
 
             crops = synthetic_crops(meta.layout, calibration, meta.input_size, 12345, margin=meta.margin)
             batches = [{INPUT_NAME: c[None]} for c in crops]
