@@ -32,6 +32,7 @@ import numpy as np
 
 from kdlandmark.atomic import write_json_atomic
 from kdlandmark.data.crop import apply_affine, invert_affine
+from kdlandmark.data.store import view_scale
 from kdlandmark.evaluate.protocols import (
     SUBSETS,
     ProtocolScore,
@@ -96,7 +97,7 @@ def eval_view_scale(prepared: Any, margin: float | None = None) -> float:
     c = float(prepared.context_margin)
     if not 0.0 <= m <= c:
         raise ValueError(f"model margin {m} must lie in [0, context margin {c}] of the prepared set")
-    return (1.0 + 2.0 * m) / (1.0 + 2.0 * c)
+    return view_scale(m, c)
 
 
 def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, batch: int = 64,
