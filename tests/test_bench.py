@@ -7,6 +7,8 @@ import pytest
 from kdlandmark.bench import bench_data, bench_train
 from kdlandmark.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = ("prepare.size=48", "teacher.model.backbone=mobilenetv2_050", "teacher.model.input_size=32",
         "student.model.backbone=mobilenetv2_035", "student.model.input_size=32",
         "teacher.optim.batch_size=8", "student.optim.batch_size=8")
