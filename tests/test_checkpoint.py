@@ -206,3 +206,24 @@ def test_rng_states_round_trip() -> None:
 def test_save_model_checkpoint_checks_layout() -> None:
     with pytest.raises(ValueError, match="29 points"):
         save_model_checkpoint("/nonexistent/x", _model(points=29), layout="300w", input_size=64)
+
+
+def test_model_meta_is_validated_once_and_reads_old_forms() -> None:
+    from kdlandmark.data.crop import DEFAULT_MARGIN
+
+    base = {"format": "kdlandmark-checkpoint", "layout": "cofw", "input_size": 64,
+            "architecture": {"backbone": "mobilenetv2_050", "num_points": 29}}
+    old = ModelMeta.from_json(base, "old/model.json")               # layout as a name, no crop: early files
+    assert old.layout is get_layout("cofw") and old.crop.margin is None and old.margin == DEFAULT_MARGIN
+    assert old.to_json()["layout"] == {"name": "cofw", "num_points": 29}
+    bad = [
+        ({"format": "something-else"}, "not a kdlandmark checkpoint"),
+        ({"input_size": 0}, "input_size must be positive"),
+        ({"input_size": "big"}, "'input_size' must be a number"),
+        ({"crop": {"margin": 20}}, "crop margin 20.0 outside"),
+        ({"layout": {"name": "300w", "num_points": 68}}, "architecture has 29 points"),
+        ({"layout": "wflw68"}, "unknown layout"),
+    ]
+    for change, message in bad:
+        with pytest.raises(CheckpointError, match=rf"x/model\.json: .*{message}"):
+            ModelMeta.from_json({**base, **change}, "x/model.json", formats=("kdlandmark-checkpoint",))
