@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def test_building_the_parser_imports_neither_torch_nor_numpy() -> None:
     res = subprocess.run([sys.executable, "-c", _HELP_PROBE], capture_output=True, text=True,
                          env=python_env(), timeout=60)
     assert res.returncode == 0, res.stderr
-    probe = eval(res.stdout.strip().splitlines()[-1])  # noqa: S307 -- our own repr of a dict
+    probe = ast.literal_eval(res.stdout.strip().splitlines()[-1])
     assert probe["heavy"] == []
     assert probe["commands"] == sorted(["synth", "prepare", "asm", "train", "pipeline", "demo", "evaluate",
                                         "compare", "predict", "export", "bench"])
