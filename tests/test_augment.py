@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdlandmark.data.augment import AugmentConfig, BatchAugmenter, benchmark_augment
+from kdlandmark.data.augment import AugmentConfig, BatchAugmenter
 from kdlandmark.data.crop import DEFAULT_MARGIN, apply_affine, crop_affine, to_model_coords
 from kdlandmark.layouts import get_layout
 
@@ -332,9 +332,3 @@ def test_off_config_equals_eval() -> None:
     b, (mb,) = aug(img, [lm], train=False)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(ma, mb)
-
-
-def test_benchmark_reports_rates() -> None:
-    r = benchmark_augment(batch=4, stored=64, out=56, iters=2)
-    assert r["images_per_s"] == pytest.approx(4 * r["batches_per_s"])
-    assert r["batches_per_s"] > 0

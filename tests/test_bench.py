@@ -1,7 +1,13 @@
 """The benchmark commands run on the CPU and print sane figures (no timing assertions)."""
 
-from kdlandmark.bench import bench_train
+import re
+
+import pytest
+
+from kdlandmark.bench import bench_data, bench_train
 from kdlandmark.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ("prepare.size=48", "teacher.model.backbone=mobilenetv2_050", "teacher.model.input_size=32",
         "student.model.backbone=mobilenetv2_035", "student.model.input_size=32",
@@ -9,7 +15,9 @@ TINY = ("prepare.size=48", "teacher.model.backbone=mobilenetv2_050", "teacher.mo
 
 
 def test_bench_train_reports_ceiling_pipeline_and_breakdown(capsys) -> None:
-    res = bench_train("demo", TINY, count=40, steps=2, warmup=1)
+    # one process: a pool forked from this process, which has already run torch and OpenCV threads in
+    # other tests, can deadlock (fork after threads)
+    res = bench_train("demo", TINY, count=40, steps=2, warmup=1, workers=1)
     assert set(res) == {"teacher", "kd-student"}
     for row in res.values():
         assert row["ceiling_img_s"] > 0 and row["pipeline_img_s"] > 0
@@ -23,8 +31,28 @@ def test_bench_train_reports_ceiling_pipeline_and_breakdown(capsys) -> None:
 
 
 def test_bench_data_prints_the_three_rates(capsys) -> None:
+    figures = bench_data(count=24, size=64, input_size=48, batch=8, workers=1)
+    lines = capsys.readouterr().out.splitlines()
+    rates = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        rates[name.strip()] = [float(v.replace(",", "")) for v in re.findall(r"[-+]?\d[\d,]*\.?\d*", rest)]
+    assert set(rates) == {"synthesis", "prepare", "augmentation"}
+    # what is printed is what is returned, and every rate is a positive number
+    assert rates["synthesis"][0] == pytest.approx(figures["synth_faces_per_s_one_core"], abs=0.05)
+    assert rates["prepare"][0] == pytest.approx(figures["prepare_faces_per_s"], abs=0.05)
+    assert rates["augmentation"][0] == pytest.approx(figures["augment_batches_per_s"], abs=0.005)
+    assert min(rates["synthesis"][0], rates["prepare"][0], rates["augmentation"][0]) > 0
+    assert rates["augmentation"][1] == pytest.approx(figures["augment_images_per_s"], abs=0.5)
+    # the three are consistent with each other: images = batches x batch, time = faces / rate
+    assert figures["augment_images_per_s"] == pytest.approx(8 * figures["augment_batches_per_s"])
+    assert figures["augment_ms_per_batch"] == pytest.approx(1000 / figures["augment_batches_per_s"])
+    assert figures["prepare_seconds_per_3000"] == pytest.approx(3000 / figures["prepare_faces_per_s"])
+
+
+def test_bench_data_command_line(capsys) -> None:
     assert main(["bench", "data", "--count", "24", "--size", "64", "--input-size", "48", "--batch", "8",
                  "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    for word in ("synthesis", "prepare", "augmentation"):
-        assert word in out
+    names = [line.split(":")[0].strip() for line in out.splitlines()]
+    assert names == ["synthesis", "prepare", "augmentation"]

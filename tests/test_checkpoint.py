@@ -11,21 +11,24 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import get_layout
-from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import (
-    CheckpointError,
-    flatten_optimizer_state,
-    generator_state,
+from kdlandmark.modelfile import ModelMeta
+from kdlandmark.modelfile.checkpoint import (
     load_checkpoint,
     read_model_meta,
     resolve_checkpoint_dir,
-    rng_state,
     save_model_checkpoint,
+    write_checkpoint_dir,
+)
+from kdlandmark.models import LandmarkRegressor
+from kdlandmark.train.checkpoint import (
+    flatten_optimizer_state,
+    generator_state,
+    rng_state,
     set_generator_state,
     set_rng_state,
     unflatten_optimizer_state,
-    write_checkpoint_dir,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,13 +58,14 @@ def test_round_trip(tmp_path) -> None:
         assert k == k2 and torch.equal(a, b), k
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x), model.eval()(x))
-    assert meta["layout"] == {"name": "cofw", "num_points": 29}
-    assert meta["input_size"] == 64 and meta["epoch"] == 3 and meta["crop"]["margin"] == 0.15
-    assert meta["architecture"]["dropout"] == pytest.approx(0.3)
+    assert isinstance(meta, ModelMeta) and meta.layout is get_layout("cofw") and meta.role == "tough"
+    assert meta.input_size == 64 and meta.raw["epoch"] == 3 and meta.crop.margin == 0.15
+    assert meta.dropout == pytest.approx(0.3) and meta.metrics == {"val_nme": 0.05}
+    assert json.loads((d / "model.json").read_text())["layout"] == {"name": "cofw", "num_points": 29}
     # either file names the checkpoint too
     load_checkpoint(d / "model.json", layout="cofw")
     load_checkpoint(d / "model.safetensors", layout=get_layout("cofw"))
-    assert read_model_meta(d)["weights"]["sha256"] == meta["weights"]["sha256"]
+    assert read_model_meta(d).weights_sha256 == meta.weights_sha256 and len(meta.weights_sha256) == 64
 
 
 def test_wrong_layout_is_an_error_naming_the_file(tmp_path) -> None:
@@ -202,3 +206,24 @@ def test_rng_states_round_trip() -> None:
 def test_save_model_checkpoint_checks_layout() -> None:
     with pytest.raises(ValueError, match="29 points"):
         save_model_checkpoint("/nonexistent/x", _model(points=29), layout="300w", input_size=64)
+
+
+def test_model_meta_is_validated_once_and_reads_old_forms() -> None:
+    from kdlandmark.data.crop import DEFAULT_MARGIN
+
+    base = {"format": "kdlandmark-checkpoint", "layout": "cofw", "input_size": 64,
+            "architecture": {"backbone": "mobilenetv2_050", "num_points": 29}}
+    old = ModelMeta.from_json(base, "old/model.json")               # layout as a name, no crop: early files
+    assert old.layout is get_layout("cofw") and old.crop.margin is None and old.margin == DEFAULT_MARGIN
+    assert old.to_json()["layout"] == {"name": "cofw", "num_points": 29}
+    bad = [
+        ({"format": "something-else"}, "not a kdlandmark checkpoint"),
+        ({"input_size": 0}, "input_size must be positive"),
+        ({"input_size": "big"}, "'input_size' must be a number"),
+        ({"crop": {"margin": 20}}, "crop margin 20.0 outside"),
+        ({"layout": {"name": "300w", "num_points": 68}}, "architecture has 29 points"),
+        ({"layout": "wflw68"}, "unknown layout"),
+    ]
+    for change, message in bad:
+        with pytest.raises(CheckpointError, match=rf"x/model\.json: .*{message}"):
+            ModelMeta.from_json({**base, **change}, "x/model.json", formats=("kdlandmark-checkpoint",))

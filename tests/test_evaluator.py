@@ -9,7 +9,6 @@ be checked exactly.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,18 +17,18 @@ import pytest
 import torch
 from torch import nn
 
+from kdlandmark.cli import main
 from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box, to_model_coords
 from kdlandmark.data.store import PreparedSet
 from kdlandmark.evaluate.evaluator import (
-    add_evaluate_arguments,
     evaluate_checkpoint,
-    evaluate_main,
     load_predictions,
     predict_prepared,
     rescore,
 )
 from kdlandmark.evaluate.metrics import nme_per_image
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile import ModelMeta
 
 MARGIN = 0.15
 CONTEXT = 0.4
@@ -142,9 +141,12 @@ class CentroidModel(nn.Module):
         return c[:, None, :].expand(-1, self.num_points, 2)
 
 
-def _meta() -> dict:
-    return {"role": "test", "architecture": {"backbone": "oracle"}, "input_size": INPUT,
-            "crop": {"margin": MARGIN, "context_margin": CONTEXT}}
+def _meta(**changes) -> ModelMeta:
+    """Metadata of a 300W model, input ``INPUT``, crop margin ``MARGIN`` (entries replaced by ``changes``)."""
+    data = {"format": "kdlandmark-checkpoint", "role": "test", "layout": "300w", "input_size": INPUT,
+            "architecture": {"backbone": "oracle", "num_points": 68},
+            "crop": {"margin": MARGIN, "context_margin": CONTEXT}, **changes}
+    return ModelMeta.from_json(data, "test")
 
 
 def _all(originals: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
@@ -241,8 +243,9 @@ def test_wflw_attribute_subsets_pool_the_flagged_faces(tmp_path: Path) -> None:
                                     attributes={"test": attrs})
     lms = originals["test"]
     noisy = exact_model_coords(lms) + rng.normal(0, 0.01, (12, 98, 2)).astype(np.float32)
+    wflw = _meta(layout="wflw", architecture={"backbone": "oracle", "num_points": 98})
     res = evaluate_checkpoint("x", root, dataset="wflw", out_dir=tmp_path / "eval", bootstrap=0,
-                              latency_runs=0, model=QueueModel(noisy), meta=_meta(), device="cpu")
+                              latency_runs=0, model=QueueModel(noisy), meta=wflw, device="cpu")
     preds = load_predictions(tmp_path / "eval")
     nme = nme_per_image(preds.pred["test"], preds.gt["test"], get_layout("wflw"))
     assert res["subsets"]["full"]["count"] == 12
@@ -260,34 +263,30 @@ def test_layout_mismatch_and_missing_splits_are_clear_errors(tmp_path: Path) -> 
     model = QueueModel(np.zeros((3, 68, 2), np.float32))
     with pytest.raises(ValueError, match="predicts 29 points"):
         evaluate_checkpoint("x", root, dataset="300w", out_dir=tmp_path / "e", model=model, latency_runs=0,
-                            meta={**_meta(), "architecture": {"backbone": "b", "num_points": 29}})
+                            meta=_meta(layout="cofw", architecture={"backbone": "b", "num_points": 29}))
     with pytest.raises(ValueError, match="not prepared"):
         evaluate_checkpoint("x", root, dataset="300w", out_dir=tmp_path / "e", model=model, latency_runs=0,
                             meta=_meta(), splits=["test-private"])
 
 
 def test_real_checkpoint_and_command_line_rescore(tmp_path: Path, capsys) -> None:
+    from kdlandmark.modelfile.checkpoint import save_model_checkpoint
     from kdlandmark.models import LandmarkRegressor
-    from kdlandmark.train.checkpoint import save_model_checkpoint
 
     root, _ = make_prepared(tmp_path / "prep", splits={"test-common": 3, "test-challenging": 2})
     torch.manual_seed(0)
     net = LandmarkRegressor("test_efficientnet", 68, dropout=0.0)
     ckpt = save_model_checkpoint(tmp_path / "run" / "best", net, layout="300w", input_size=32, role="kd",
                                  crop={"margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64})
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(["--model", str(ckpt), "--dataset", "300w", "--root", str(root),
-                              "--bootstrap", "50", "--latency-runs", "2", "--device", "cpu"])
-    assert evaluate_main(args) == 0
+    assert main(["evaluate", "--model", str(ckpt), "--dataset", "300w", "--root", str(root),
+                 "--bootstrap", "50", "--latency-runs", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "challenging" in out and "NME %" in out
     metrics = json.loads((tmp_path / "run" / "eval-300w" / "metrics.json").read_text())
     assert metrics["params"] > 0 and metrics["flops"] > 0 and metrics["backbone"] == "test_efficientnet"
     assert metrics["input_size"] == 32
-    args = parser.parse_args(["--rescore", str(tmp_path / "run" / "eval-300w"), "--normalisation", "box",
-                              "--threshold", "0.08", "--out", str(tmp_path / "re")])
-    assert evaluate_main(args) == 0
+    assert main(["evaluate", "--rescore", str(tmp_path / "run" / "eval-300w"), "--normalisation", "box",
+                 "--threshold", "0.08", "--out", str(tmp_path / "re")]) == 0
     re = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert re["normalisation"] == "box" and re["threshold"] == 0.08 and re["params"] == metrics["params"]
 
@@ -318,8 +317,8 @@ def test_a_raw_dataset_root_is_prepared_first(tmp_path: Path) -> None:
     synthesize("300w", 30, tmp_path / "raw", seed=2, size=96, test_fraction=0.5, workers=1)
     model = QueueModel(np.zeros((7, 68, 2), np.float32))
     res = evaluate_checkpoint("x", tmp_path / "raw", dataset="300w", out_dir=tmp_path / "e", bootstrap=0,
-                              latency_runs=0, model=model, meta={**_meta(), "crop": {
-                                  "margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64}},
+                              latency_runs=0, model=model, meta=_meta(crop={
+                                  "margin": MARGIN, "context_margin": CONTEXT, "stored_size": 64}),
                               device="cpu", cache_dir=tmp_path / "cache")
     assert {"common", "challenging", "full"} <= set(res["subsets"]) and res["subsets"]["full"]["count"] == 15
     cache = PreparedSet(tmp_path / "cache")                       # kept where asked, with the model's crop
@@ -334,11 +333,8 @@ def test_command_line_reports_bad_input_and_writes_beside_the_checkpoint(tmp_pat
     assert default_eval_dir("runs/x/kd/best", "wflw") == Path("runs/x/kd/eval-wflw")
     assert default_eval_dir("runs/x/kd/best/model.json", "300w") == Path("runs/x/kd/eval-300w")
     assert default_eval_dir("ckpts/student", "cofw") == Path("ckpts/student-eval-cofw")
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(["--model", str(tmp_path / "missing"), "--dataset", "300w",
-                              "--root", str(tmp_path)])
-    assert evaluate_main(args) == 2
+    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--dataset", "300w",
+                 "--root", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
-    assert evaluate_main(parser.parse_args(["--rescore", str(tmp_path)])) == 2
+    assert main(["evaluate", "--rescore", str(tmp_path)]) == 2
     assert "predictions.json" in capsys.readouterr().err

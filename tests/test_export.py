@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -11,12 +10,13 @@ import onnx
 import pytest
 import torch
 
+from kdlandmark.bench import bench_infer
+from kdlandmark.cli import main
 from kdlandmark.data.crop import landmark_box
-from kdlandmark.infer.bench import bench_infer, synthetic_faces
+from kdlandmark.data.synth.sample_faces import synthetic_faces
+from kdlandmark.errors import CheckpointError
 from kdlandmark.infer.export import (
     META_KEY,
-    add_export_arguments,
-    export_main,
     export_onnx,
     load_onnx,
     onnx_meta_path,
@@ -26,8 +26,8 @@ from kdlandmark.infer.export import (
 )
 from kdlandmark.infer.landmarker import Landmarker
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile.checkpoint import load_checkpoint, save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import CheckpointError, load_checkpoint, save_model_checkpoint
 
 LAYOUT = get_layout("300w")
 SIZE = 64
@@ -85,7 +85,7 @@ def test_metadata_beside_and_inside_the_onnx_file(checkpoint, exported):
     assert side["layout"] == {"name": "300w", "num_points": 68}
     assert side["input_size"] == SIZE and side["crop"]["margin"] == 0.15
     assert side["normalisation"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert read_onnx_meta(exported["onnx"])["precision"] == "fp32"
+    assert read_onnx_meta(exported["onnx"]).precision == "fp32"
 
 
 def test_landmarker_onnx_backend_gives_the_torch_results(checkpoint, exported, faces):
@@ -102,7 +102,7 @@ def test_landmarker_onnx_backend_gives_the_torch_results(checkpoint, exported, f
 def test_fixed_batch_export_is_fed_in_chunks(checkpoint, faces, tmp_path):
     res = export_onnx(checkpoint, tmp_path / "b2.onnx", batch=2)
     session, meta = load_onnx(res["onnx"])
-    assert session.get_inputs()[0].shape[0] == 2 and meta["dynamic_batch"] is False
+    assert session.get_inputs()[0].shape[0] == 2 and meta.raw["dynamic_batch"] is False
     lo = Landmarker.from_checkpoint(res["onnx"], backend="onnx", detector="full", batch_size=3)
     lt = Landmarker.from_checkpoint(checkpoint, detector="full")
     images = [img for img, _ in faces[:3]]
@@ -110,24 +110,42 @@ def test_fixed_batch_export_is_fed_in_chunks(checkpoint, faces, tmp_path):
         assert np.abs(a[0].landmarks - b[0].landmarks).max() < 1e-2
 
 
+def _closeness(landmarker, reference, faces) -> tuple[float, float]:
+    """Mean over faces of the correlation between two models' centred landmarks, and of their mean
+    point distance relative to the reference's spread (1 and 0 for identical models)."""
+    corrs, rels = [], []
+    for img, lm in faces:
+        box = [landmark_box(lm)]
+        a, ref = landmarker.landmarks_in_boxes(img, box)[0], reference.landmarks_in_boxes(img, box)[0]
+        ca, cr = a - a.mean(0), ref - ref.mean(0)
+        corrs.append(float((ca * cr).sum() / np.linalg.norm(ca) / np.linalg.norm(cr)))
+        rels.append(float(np.linalg.norm(a - ref, axis=1).mean() / np.linalg.norm(cr, axis=1).mean()))
+    return float(np.mean(corrs)), float(np.mean(rels))
+
+
 def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tmp_path):
     int8 = exported["int8"]
-    assert read_onnx_meta(int8)["precision"] == "int8"
+    assert read_onnx_meta(int8).precision == "int8"
     assert int8.stat().st_size < 0.5 * exported["onnx"].stat().st_size
     lt = Landmarker.from_checkpoint(checkpoint, detector="full")
     lq = Landmarker.from_checkpoint(int8, backend="onnx", detector="full")
     img, lm = faces[0]
     q, ref = lq(img)[0].landmarks, lt(img)[0].landmarks
-    # random weights say nothing about accuracy (docs/INFERENCE.md measures a trained model); the int8
-    # graph must run, give finite points and really differ from the fp32 one
-    assert q.shape == ref.shape and np.isfinite(q).all() and np.abs(q - ref).max() > 1e-3
+    assert q.shape == ref.shape and np.isfinite(q).all() and np.abs(q - ref).max() > 1e-3   # really int8
+    # random weights say nothing about accuracy (docs/INFERENCE.md measures a trained model), but the
+    # int8 graph must compute the same function: its landmarks follow the fp32 ones face by face
+    # (measured here: correlation 0.99, distance 12 % of the spread; a static model calibrated on
+    # blank images instead of faces scores 0.94 and 33 %)
+    corr, rel = _closeness(lq, lt, faces)
+    assert corr > 0.98 and rel < 0.2, (corr, rel)
     static = quantize_int8(exported["onnx"], tmp_path / "static.int8.onnx", mode="static", calibration=4)
-    assert "quantize_static" in read_onnx_meta(static)["quantisation"]
+    assert "quantize_static" in read_onnx_meta(static).raw["quantisation"]
     ls = Landmarker.from_checkpoint(static, backend="onnx", detector="full")
-    assert np.isfinite(ls(img)[0].landmarks).all()
+    corr, rel = _closeness(ls, lt, faces)
+    assert corr > 0.97 and rel < 0.25, (corr, rel)
     res = export_onnx(checkpoint, tmp_path / "half.onnx", fp16=True, dynamic_batch=True)
     session, meta = load_onnx(res["onnx"])
-    assert meta["precision"] == "fp16" and session.get_inputs()[0].type == "tensor(float16)"
+    assert meta.precision == "fp16" and session.get_inputs()[0].type == "tensor(float16)"
     model, _ = load_checkpoint(checkpoint)
     x = np.random.default_rng(3).random((2, 3, SIZE, SIZE), dtype=np.float32)
     with torch.inference_mode():
@@ -140,13 +158,9 @@ def test_int8_and_fp16_models_run_and_stay_close(checkpoint, exported, faces, tm
 
 
 def test_export_cli(checkpoint, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_export_arguments(parser)
     out = tmp_path / "cli.onnx"
-    args = parser.parse_args(["--model", str(checkpoint), "--format", "onnx", "--out", str(out),
-                              "--dynamic-batch",
-                              "--int8", "--int8-eval", "3"])
-    assert export_main(args) == 0
+    assert main(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(out),
+                 "--dynamic-batch", "--int8", "--int8-eval", "3"]) == 0
     text = capsys.readouterr().out
     assert "parity" in text and "int8 NME" in text
     assert out.is_file() and onnx_meta_path(out).is_file() and (tmp_path / "cli.int8.onnx").is_file()
@@ -182,7 +196,7 @@ def test_metadata_that_disagrees_with_the_graph_names_the_file(exported, tmp_pat
     with pytest.raises(CheckpointError, match="size.onnx.json"):
         load_onnx(p)
     onnx_meta_path(p).unlink()                             # embedded metadata alone still loads
-    assert load_onnx(p)[1]["input_size"] == SIZE
+    assert load_onnx(p)[1].input_size == SIZE
     onnx_meta_path(p).write_text("{not json")
     with pytest.raises(CheckpointError, match="size.onnx.json"):
         load_onnx(p)

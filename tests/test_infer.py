@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -12,9 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kdlandmark.cli import main
 from kdlandmark.data.crop import crop_affine, landmark_box
 from kdlandmark.data.formats._common import read_pts
 from kdlandmark.data.samples import DatasetError
+from kdlandmark.data.synth.sample_faces import synthetic_faces
+from kdlandmark.errors import CheckpointError
 from kdlandmark.infer.detect import (
     BoxTransform,
     DetectorUnavailable,
@@ -27,10 +29,9 @@ from kdlandmark.infer.detect import (
     make_detector,
 )
 from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker
-from kdlandmark.infer.predict import add_predict_arguments, predict_main
 from kdlandmark.layouts import get_layout
+from kdlandmark.modelfile.checkpoint import model_meta, save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
-from kdlandmark.train.checkpoint import CheckpointError, model_meta, save_model_checkpoint
 
 LAYOUT = get_layout("300w")
 SIZE = 64
@@ -72,8 +73,6 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def face():
-    from kdlandmark.infer.bench import synthetic_faces
-
     (img, lm), = synthetic_faces(LAYOUT, 1, seed=3, size=160)
     return img, lm
 
@@ -254,8 +253,6 @@ def test_auto_detector_is_haar_or_a_clear_error():
 @pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
 def test_haar_finds_a_frontal_synthetic_face():
     from kdlandmark.data.synth import frontal_shape
-    from kdlandmark.infer.bench import synthetic_faces
-
     found = 0
     for img, lm in synthetic_faces(LAYOUT, 12, seed=5, size=256):
         dets = HaarDetector(transform="300w")(img)
@@ -265,10 +262,49 @@ def test_haar_finds_a_frontal_synthetic_face():
     assert frontal_shape(LAYOUT).shape == (LAYOUT.num_points, 2)
 
 
-def test_landmarker_with_boxes_never_builds_a_detector(face):
+@pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
+def test_the_haar_calibration_tool_writes_the_constants_the_detector_reads(tmp_path):
+    import importlib.util
+    import runpy
+
+    from _train_helpers import REPO
+    from kdlandmark.infer import detect, haar_calibration
+
+    spec = importlib.util.spec_from_file_location("calibrate_haar", REPO / "scripts" / "calibrate_haar.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "haar_calibration.py"
+    assert tool.main(["--count", "40", "--held-out", "30", "--out", str(out)]) == 0
+    written = runpy.run_path(str(out))
+    assert written["SETUP"]["fit_faces"] == 40 and written["SETUP"]["cascade"] == detect.HAAR_CASCADE
+    for name, t in written["HAAR_BOX_TRANSFORMS"].items():
+        assert 0.8 < t["scale"] < 1.1 and abs(t["dx"]) < 0.05 and 0.1 < t["dy"] < 0.25, name
+        assert written["HELD_OUT"][name]["images"] == 30
+    # the package's module has the same form, and the detector uses exactly its numbers
+    assert set(haar_calibration.HAAR_BOX_TRANSFORMS) == set(written["HAAR_BOX_TRANSFORMS"])
+    assert {k: detect.BoxTransform(**v) for k, v in haar_calibration.HAAR_BOX_TRANSFORMS.items()} == \
+        detect.HAAR_BOX_TRANSFORMS
+
+
+def test_landmarker_with_boxes_never_builds_a_detector(face, monkeypatch):
+    from kdlandmark.infer import landmarker as landmarker_mod
+
     img, lm = face
+    built = []
+
+    def make(*args, **kwargs):
+        built.append(args)
+        return FullImageDetector(MARGIN)
+
+    monkeypatch.setattr(landmarker_mod, "make_detector", make)
     lmk = Landmarker(FixedRunner(np.zeros((LAYOUT.num_points, 2))), _META, detector="auto")
+    assert built == []                                           # not when the landmarker is made ...
     assert len(lmk(img, boxes=[landmark_box(lm)])) == 1
+    assert len(lmk.predict([img, img], boxes=[[landmark_box(lm)], np.zeros((0, 4))])) == 2
+    assert built == [] and lmk._detector is None                # ... nor when every image has boxes
+    assert len(lmk(img)) == 1 and len(built) == 1               # an image without boxes builds it once
+    lmk(img)
+    assert len(built) == 1
 
 
 # ------------------------------------------------------------------------------------------------ bad files
@@ -301,10 +337,8 @@ def test_bad_checkpoints_raise_naming_the_file(tmp_path, checkpoint):
 
 
 # ------------------------------------------------------------------------------------------------ predict CLI
-def _predict_args(argv):
-    parser = argparse.ArgumentParser()
-    add_predict_arguments(parser)
-    return parser.parse_args(argv)
+def _predict(argv):
+    return main(["predict", *argv])
 
 
 def test_predict_folder_with_an_unreadable_file(tmp_path, checkpoint, face, capsys):
@@ -315,8 +349,8 @@ def test_predict_folder_with_an_unreadable_file(tmp_path, checkpoint, face, caps
     cv2.imwrite(str(src / "sub" / "b.jpg"), img[:, ::-1])
     (src / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(src), "--model", str(checkpoint), "--out", str(out),
-                                     "--detector", "full", "--show-box"]))
+    rc = _predict([str(src), "--model", str(checkpoint), "--out", str(out),
+                                     "--detector", "full", "--show-box"])
     assert rc != 0
     err = capsys.readouterr().err
     assert "c.jpg" in err
@@ -337,8 +371,8 @@ def test_predict_json_only_boxes_and_pts_switch(tmp_path, checkpoint, face):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"x.png": [list(landmark_box(lm))]}))
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out),
-                                     "--boxes", str(boxes), "--detector", "none", "--json-only", "--no-pts"]))
+    rc = _predict([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out),
+                                     "--boxes", str(boxes), "--detector", "none", "--json-only", "--no-pts"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["x.json"]
     doc = json.loads((out / "x.json").read_text())
@@ -355,8 +389,8 @@ def test_predict_video_in_batches(tmp_path, checkpoint, face):
         writer.write(np.roll(img, 2 * k, axis=1))
     writer.release()
     out = tmp_path / "out"
-    rc = predict_main(_predict_args([str(video), "--model", str(checkpoint), "--out", str(out), "--detector",
-                                     "full", "--batch", "2", "--json-only"]))
+    rc = _predict([str(video), "--model", str(checkpoint), "--out", str(out), "--detector",
+                                     "full", "--batch", "2", "--json-only"])
     assert rc == 0
     doc = json.loads((out / "clip.json").read_text())
     assert [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3, 4]

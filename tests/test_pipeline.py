@@ -8,6 +8,8 @@ import pytest
 from kdlandmark.config import ConfigError, load_config
 from kdlandmark.pipeline import ROLE_LABELS, STAGES, Pipeline, resolve_preset, results_table
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = [
     "prepare.size=48",
     "teacher.model.backbone=mobilenetv2_050", "teacher.model.input_size=32",

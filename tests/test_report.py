@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdlandmark.evaluate.compare import add_compare_arguments, compare, compare_main, find_eval_runs
+from kdlandmark.cli import main
+from kdlandmark.evaluate.compare import compare, default_compare_dir, find_eval_runs
 from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 from kdlandmark.evaluate.report import write_report
 from test_evaluator import QueueModel, _meta, exact_model_coords, make_prepared
@@ -41,7 +41,7 @@ def experiment(tmp_path_factory) -> Path:
         noise = shared * NOISE[role] + rng.normal(0, 0.001, exact.shape).astype(np.float32)
         evaluate_checkpoint(f"{role}/best", prep, dataset="300w", out_dir=root / "eval" / role, bootstrap=200,
                             latency_runs=2 if k == 0 else 0, model=QueueModel(exact + noise),
-                            meta={**_meta(), "role": role}, device="cpu", name=label)
+                            meta=_meta(role=role), device="cpu", name=label)
         d = root / role
         d.mkdir()
         cols = ["epoch", "step", "lr", "loss", "val_nme", "best", "images_per_s"]
@@ -84,14 +84,25 @@ def test_compare_writes_tables_plots_and_tests_differences(experiment: Path, tmp
 
 
 def test_compare_command_line(experiment: Path, tmp_path, capsys) -> None:
-    parser = argparse.ArgumentParser()
-    add_compare_arguments(parser)
-    args = parser.parse_args([str(experiment / "eval" / "tough" / "metrics.json"),
-                              str(experiment / "eval" / "kd"), "--out", str(tmp_path / "c"),
-                              "--bootstrap", "100"])
-    assert compare_main(args) == 0
+    assert main(["compare", str(experiment / "eval" / "tough" / "metrics.json"),
+                 str(experiment / "eval" / "kd"), "--out", str(tmp_path / "c"), "--bootstrap", "100"]) == 0
     out = capsys.readouterr().out
     assert "Tough-Teacher" in out and "Student (KD-Loss)" in out and "ced:" in out
+
+
+def test_compare_writes_beside_its_inputs_not_into_the_working_folder(experiment: Path, tmp_path,
+                                                                     monkeypatch) -> None:
+    evals = tmp_path / "exp" / "eval"
+    for role in ("tough", "kd"):
+        shutil.copytree(experiment / "eval" / role, evals / role)
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert default_compare_dir([evals / "tough" / "metrics.json", evals / "kd"]) == evals / "compare"
+    assert default_compare_dir([evals]) == tmp_path / "exp" / "compare"
+    assert main(["compare", str(evals / "tough"), str(evals / "kd"), "--bootstrap", "20"]) == 0
+    assert (evals / "compare" / "compare.md").is_file()
+    assert list(here.iterdir()) == []
 
 
 def test_compare_refuses_evaluations_of_different_images(experiment: Path, tmp_path) -> None:
@@ -114,7 +125,7 @@ def test_report_is_self_contained_and_has_every_section(experiment: Path) -> Non
         experiment, title="kdlandmark: test experiment",
         models={LABELS[r]: experiment / "eval" / r for r in LABELS},
         train_dirs={LABELS[r]: experiment / r for r in LABELS}, asm_dir=experiment / "asm", dataset="300w",
-        bootstrap=200, latency_runs=0)
+        bootstrap=200)
     page = html_path.read_text()
     md = md_path.read_text()
     # self-contained: every src= is an embedded PNG, nothing is fetched
@@ -152,8 +163,7 @@ def test_report_is_self_contained_and_has_every_section(experiment: Path) -> Non
 def test_report_names_missing_inputs_instead_of_failing(experiment: Path, tmp_path) -> None:
     html_path, md_path = write_report(
         tmp_path, title="partial", models={"KD": experiment / "eval" / "kd", "gone": tmp_path / "nowhere"},
-        train_dirs={"KD": tmp_path / "no-training"}, asm_dir=None, dataset="cofw", bootstrap=50,
-        latency_runs=0)
+        train_dirs={"KD": tmp_path / "no-training"}, asm_dir=None, dataset="cofw", bootstrap=50)
     md = md_path.read_text()
     assert "Missing evaluations: gone" in md
     assert "No metrics.csv for: KD" in md and "No ASM variance curve" in md

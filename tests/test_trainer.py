@@ -32,8 +32,8 @@ from kdlandmark.config import (
     save_config,
     train_config,
 )
+from kdlandmark.modelfile.checkpoint import load_checkpoint
 from kdlandmark.train import trainer as trainer_mod
-from kdlandmark.train.checkpoint import load_checkpoint
 from kdlandmark.train.trainer import Trainer, lr_factor_fn, train_main
 
 
@@ -179,12 +179,12 @@ def test_tough_run_learns_and_writes_its_folder(data, tmp_path) -> None:
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)  # cosine to min_lr 0
     # the saved best model reproduces the best validation NME
     best, meta = load_checkpoint(out / "best", layout="cofw")
-    assert meta["epoch"] == res["best_epoch"] and meta["role"] == "tough" and meta["input_size"] == 32
-    assert meta["crop"]["margin"] == pytest.approx(0.15)
+    assert meta.raw["epoch"] == res["best_epoch"] and meta.role == "tough" and meta.input_size == 32
+    assert meta.crop.margin == pytest.approx(0.15)
     tr.model.load_state_dict(best.state_dict())
     assert tr.validate()["val_nme"] == pytest.approx(res["best_metric"], rel=1e-5)
     last, last_meta = load_checkpoint(out / "last")
-    assert last_meta["epoch"] == 5
+    assert last_meta.raw["epoch"] == 5
     assert sorted(p.name for p in (out / "last").iterdir()) == ["model.json", "model.safetensors",
                                                                  "state.json", "state.safetensors"]
     assert load_train_config(out / "config.yaml") == cfg
@@ -283,8 +283,8 @@ def test_kd_l2_warmup_is_the_baseline_then_kd_loss(data, teachers, tmp_path, mon
         cfg.optim.epochs, cfg.kd.l2_warmup_epochs, cfg.deterministic = 2, 1, True
         tr = Trainer(cfg)
         calls: list[int] = []
-        real = tr._teacher_predict
-        monkeypatch.setattr(tr, "_teacher_predict",
+        real = tr.teacher_predict
+        monkeypatch.setattr(tr, "teacher_predict",
                             lambda x, real=real, tr=tr, calls=calls: calls.append(tr.epoch) or real(x))
         hist = tr.fit()["history"]
         adam_steps = {int(st["step"]) for st in tr.optimizer.state.values()}
@@ -314,10 +314,29 @@ def test_kd_needs_both_teachers(data, teachers, tmp_path) -> None:
         Trainer(cfg)
 
 
-def test_l2_student_and_grad_clip(data, tmp_path) -> None:
+def test_l2_student_and_grad_clip(data, tmp_path, monkeypatch) -> None:
+    """Role l2 with AdamW and grad_clip: the optimiser is AdamW and every step's gradient is clipped."""
+    clip = 0.05
     cfg = tiny_train_config(data, tmp_path / "l2", role="l2")
-    cfg.optim.epochs, cfg.optim.grad_clip, cfg.optim.name = 1, 0.5, "adamw"
-    res = Trainer(cfg).fit()
+    cfg.optim.epochs, cfg.optim.grad_clip, cfg.optim.name, cfg.optim.weight_decay = 2, clip, "adamw", 0.01
+    tr = Trainer(cfg)
+    assert type(tr.optimizer) is torch.optim.AdamW
+    assert all(g["weight_decay"] == 0.01 for g in tr.optimizer.param_groups)
+    before, at_step = [], []                      # gradient norm before clipping, and when the step uses it
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm, **kw: before.append(float(real_clip(params, max_norm, **kw)))
+                        )
+
+    def grad_norm(opt, _args, _kwargs) -> None:
+        grads = [p.grad.norm() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        at_step.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+    tr.optimizer.register_step_pre_hook(grad_norm)
+    res = tr.fit()
+    assert len(at_step) == len(before) == 2 * tr.steps_per_epoch
+    assert min(before) > 2 * clip                 # clipping had work to do on every step ...
+    assert max(at_step) <= clip * (1 + 1e-4)      # ... and every step used the clipped gradient
     assert "l2" in res["history"][0] and math.isfinite(res["history"][0]["val_nme"])
 
 

@@ -11,9 +11,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # NumPy is imported where it is used: config files and markers need none
+    import numpy as np
 
 __all__ = ["fsync_dir", "tmp_path_for", "commit_file", "atomic_open", "atomic_write_bytes",
            "save_array_atomic", "write_json_atomic"]
@@ -77,11 +78,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy`` to ``path`` atomically (no pickled objects)."""
+    import numpy as np
+
     with atomic_open(path, "wb") as fh:
         np.save(fh, np.asarray(array), allow_pickle=False)
 
 
 def _json_default(obj: Any) -> Any:
+    import numpy as np
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

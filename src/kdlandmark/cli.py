@@ -1,29 +1,69 @@
 """Command line: thin subcommands that parse arguments and call the modules.
 
-Each subcommand is one ``_cmd_<name>`` function that registers its parser and sets ``func``;
-heavy imports happen inside the handlers so that ``kdlandmark --help`` stays instant.
+Every command's arguments are declared here, and building the parser imports nothing heavy (no torch,
+no NumPy, no OpenCV), so ``kdlandmark --help`` and ``kdlandmark COMMAND --help`` answer at once; a
+handler imports what it needs when its command runs.
+
+Errors: bad input of any kind (a missing or malformed file, a bad config or override, an unreadable
+image, a bad option) ends as one ``error: ...`` line on stderr naming the file and the problem, with
+exit status 2 and no traceback.  Argparse reports bad options the same way (after its usage line).
+Set ``KDLANDMARK_TRACEBACK=1`` to get the traceback of such an error (debugging).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kdlandmark.errors import UserError
+
 FORMATS = ("300w", "wflw", "cofw")
+#: Dataset readers and evaluation protocols (``kdlandmark.evaluate.protocols.SUBSETS``; a test checks).
 DATASETS = (*FORMATS, "folder")
+#: NME normalisations (``kdlandmark.evaluate.protocols.NORMALISATIONS``; a test checks).
+NORMALISATIONS = ("inter-ocular", "inter-pupil", "box")
+ROLES = ("tough", "tolerant", "kd", "l2")
+
+Registrar = Callable[[argparse._SubParsersAction], None]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+_JOBS_HELP = "training stages side by side, each in its own process (default: the config's jobs)"
+
+
+# ------------------------------------------------------------------------------------------------ data
 def _cmd_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic face dataset in a native benchmark format")
     p.add_argument("--format", choices=FORMATS, default="300w", help="native format to write")
-    p.add_argument("--count", type=int, default=1000, help="number of faces (train + test)")
+    p.add_argument("--count", type=_positive_int, default=1000, help="number of faces (train + test)")
     p.add_argument("--out", type=Path, required=True, help="dataset root to create")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG of the first faces")
 
     def run(a: argparse.Namespace) -> int:
@@ -45,10 +85,11 @@ def _cmd_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--root", type=Path, required=True, help="dataset root folder")
     p.add_argument("--out", type=Path, required=True, help="prepared-set folder to write")
-    p.add_argument("--size", type=int, default=256, help="working crop side (larger than the model input)")
+    p.add_argument("--size", type=_positive_int, default=256,
+                   help="working crop side (larger than the model input)")
     p.add_argument("--splits", nargs="*", default=None, help="splits to prepare (default: all present)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed samples and report them")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.data.prepare import format_summary, prepare_dataset
@@ -77,10 +118,11 @@ def _cmd_asm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# ------------------------------------------------------------------------------------------------ training
 def _cmd_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one role (tough, tolerant, kd, l2) from a config")
     p.add_argument("--config", required=True, help="experiment preset/YAML, or a run's config.yaml")
-    p.add_argument("--role", choices=["tough", "tolerant", "kd", "l2"], default=None)
+    p.add_argument("--role", choices=ROLES, default=None)
     p.add_argument("--data", type=Path, default=None, help="prepared-set folder")
     p.add_argument("--out", type=Path, default=None, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -98,18 +140,8 @@ def _cmd_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_JOBS_HELP = "training stages side by side, each in its own process (default: the config's jobs)"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.pipeline import STAGES
+    from kdlandmark.pipeline import STAGES  # torch-free (a test checks)
 
     p = sub.add_parser("pipeline", help="prepare, ASM, both teachers, KD and L2 students, evaluation, report")
     p.add_argument("--config", required=True, help="preset name (paper-300w, ...) or YAML file")
@@ -131,7 +163,7 @@ def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole recipe on built-in synthetic faces, sized for a CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--count", type=int, default=1500, help="synthetic faces (train + test)")
+    p.add_argument("--count", type=_positive_int, default=1500, help="synthetic faces (train + test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
     p.add_argument("--jobs", type=_positive_int, default=None, help=_JOBS_HELP)
@@ -146,35 +178,183 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# ------------------------------------------------------------------------------------------------ evaluation
 def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.evaluate.evaluator import add_evaluate_arguments, evaluate_main
-
     p = sub.add_parser("evaluate", help="score a checkpoint by a benchmark's protocol (NME, FR, AUC)")
-    add_evaluate_arguments(p)
-    p.set_defaults(func=evaluate_main)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
+    src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
+                     help="score an earlier evaluation's predictions again (no model, no images)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="benchmark protocol (default: the prepared set's dataset)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="dataset root (native files; test splits are prepared first) or a prepared set")
+    p.add_argument("--split", nargs="+", default=None, dest="splits",
+                   help="prepared splits to evaluate (default: every test split of the protocol)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <checkpoint's run>/eval-<dataset>; "
+                        "with --rescore: print only)")
+    p.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
+                   help="NME normaliser (default: the benchmark's, inter-ocular)")
+    p.add_argument("--threshold", type=_positive_float, default=0.10,
+                   help="failure threshold and AUC limit as a fraction (0.10; 0.08 for some WFLW tables)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples of the NME interval")
+    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep the prepared test crops of a raw --root here (default: temporary)")
+    p.add_argument("--latency-runs", type=_non_negative_int, default=20,
+                   help="timed CPU forwards at batch 1 (0: skip)")
+    p.add_argument("--name", default=None, help="model label in tables")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(a: argparse.Namespace) -> int:
+    from kdlandmark.evaluate import evaluator as ev
+
+    if a.rescore is not None:
+        out = Path(a.out) / ev.METRICS_JSON if a.out is not None else None
+        result = ev.rescore(a.rescore, a.normalisation, a.threshold, bootstrap=a.bootstrap, out=out)
+        print(ev.format_metrics_table(result))
+        if out is not None:
+            print(f"metrics: {out}")
+        return 0
+    if a.root is None:
+        raise UserError("--root (a dataset root or a prepared set) is required with --model")
+    out_dir = Path(a.out) if a.out is not None else ev.default_eval_dir(a.model, a.dataset)
+    result = ev.evaluate_checkpoint(a.model, a.root, dataset=a.dataset, out_dir=out_dir,
+                                    normalisation=a.normalisation, threshold=a.threshold, splits=a.splits,
+                                    bootstrap=a.bootstrap, name=a.name, batch=a.batch, device=a.device,
+                                    latency_runs=a.latency_runs, cache_dir=a.cache)
+    print(ev.format_metrics_table(result))
+    print(f"metrics: {out_dir / ev.METRICS_JSON}\npredictions: {out_dir / ev.PREDICTIONS_NPZ}")
+    return 0
 
 
 def _cmd_compare(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.evaluate.compare import add_compare_arguments, compare_main
-
     p = sub.add_parser("compare", help="several evaluations side by side, with significance tests")
-    add_compare_arguments(p)
-    p.set_defaults(func=compare_main)
+    p.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_METRICS",
+                   help="evaluation folders, metrics.json files, or folders holding several evaluations")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: 'compare' beside the inputs, in their common parent folder)")
+    p.add_argument("--labels", nargs="+", default=None, help="model labels, one per evaluation found")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples (intervals and tests)")
+    p.set_defaults(func=_run_compare)
 
 
+def _run_compare(a: argparse.Namespace) -> int:
+    from kdlandmark.evaluate.compare import (
+        compare,
+        default_compare_dir,
+        format_results_markdown,
+        format_significance_markdown,
+    )
+
+    out = a.out if a.out is not None else default_compare_dir(a.paths)
+    result = compare(a.paths, out, bootstrap=a.bootstrap, labels=a.labels)
+    print(format_results_markdown({m["label"]: m["subsets"] for m in result["models"]}, result["threshold"]))
+    if result["significance"]:
+        print()
+        print(format_significance_markdown(result["significance"]))
+    print()
+    for kind, path in result["files"].items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def _cmd_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="landmarks on images, folders or videos")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO", help="images, folders or videos")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder or exported .onnx")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="default: onnx for a .onnx model, torch otherwise")
+    p.add_argument("--device", default="cpu", help="PyTorch device (cpu, cuda)")
+    p.add_argument("--detector", default="auto",
+                   help="auto/haar: OpenCV Haar cascade; full: each image is one pre-cropped face")
+    p.add_argument("--boxes", type=Path, default=None,
+                   help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
+    p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")
+    p.add_argument("--max-faces", type=_positive_int, default=None, help="at most this many faces per image")
+    p.add_argument("--batch", type=_positive_int, default=16, help="images (or video frames) per batch")
+    p.add_argument("--show-box", action="store_true", help="draw face boxes and scores too")
+    p.add_argument("--json-only", action="store_true", help="write JSON (and .pts) only, no pictures")
+    p.add_argument("--pts", dest="pts", action="store_true", default=None,
+                   help="write 1-based .pts files (default: on for the 300w layout)")
+    p.add_argument("--no-pts", dest="pts", action="store_false", help="do not write .pts files")
+
+    def run(a: argparse.Namespace) -> int:
+        from kdlandmark.infer.predict import predict_main
+
+        return predict_main(a)
+
+    p.set_defaults(func=run)
+
+
+def _cmd_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (with JSON metadata)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="checkpoint folder (model.json + model.safetensors)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    p.add_argument("--out", type=Path, default=None, help="output .onnx (default: CKPT/model.onnx)")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights and input (GPU runtimes)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: --batch)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size without --dynamic-batch")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a dynamically quantised int8 model and measure its NME change")
+    p.add_argument("--int8-mode", choices=["dynamic", "static"], default="dynamic",
+                   help="dynamic: quantize_dynamic (no data); static: QDQ calibrated on synthetic faces")
+    p.add_argument("--int8-eval", type=_non_negative_int, default=200, metavar="N",
+                   help="synthetic test faces for the int8 NME comparison (0: skip)")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> int:
+    from kdlandmark.infer.export import export_onnx
+
+    opset = {"opset": a.opset} if a.opset is not None else {}
+    res = export_onnx(a.model, a.out, fp16=a.fp16, dynamic_batch=a.dynamic_batch, int8=a.int8,
+                      int8_mode=a.int8_mode, batch=a.batch, check=not a.no_check, **opset)
+    print(f"onnx     : {res['onnx']} ({Path(res['onnx']).stat().st_size / 1e6:.2f} MB)")
+    print(f"metadata : {res['json']}")
+    if "parity" in res:
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in res["parity"].items())
+        print(f"parity   : max |onnxruntime - torch| {diffs}")
+    if "int8" in res:
+        print(f"int8     : {res['int8']} ({Path(res['int8']).stat().st_size / 1e6:.2f} MB)")
+        if a.int8_eval > 0:
+            from kdlandmark.evaluate.synthetic import compare_nme
+            from kdlandmark.infer.landmarker import Landmarker
+
+            reference = Path(res["onnx"]) if not a.fp16 else Path(a.model)
+            models = [Landmarker.from_checkpoint(p, backend="onnx" if p.suffix == ".onnx" else "torch",
+                                                 detector=None, batch_size=1)
+                      for p in (reference, Path(res["int8"]))]
+            cmp = compare_nme(*models, count=a.int8_eval)
+            print(f"int8 NME : {cmp['nme_other'] * 100:.3f} % vs {cmp['nme_reference'] * 100:.3f} % "
+                  f"({reference.name}) on {cmp['faces']} synthetic faces: change "
+                  f"{cmp['nme_change'] * 100:+.3f} points; mean landmark shift {cmp['mean_shift_px']:.3f} px")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
 def _cmd_bench(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.infer.bench import add_bench_infer_arguments, bench_infer_main
-
     p = sub.add_parser("bench", help="print throughput and latency figures of this machine")
     targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
 
     d = targets.add_parser("data", help="synthesis, prepare and augmentation rates")
-    d.add_argument("--count", type=int, default=300, help="faces to synthesise and prepare")
-    d.add_argument("--size", type=int, default=256, help="image / stored crop side")
-    d.add_argument("--input-size", type=int, default=224, help="model input side for augmentation")
-    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--count", type=_positive_int, default=300, help="faces to synthesise and prepare")
+    d.add_argument("--size", type=_positive_int, default=256, help="image / stored crop side")
+    d.add_argument("--input-size", type=_positive_int, default=224, help="model input side for augmentation")
+    d.add_argument("--batch", type=_positive_int, default=64)
     d.add_argument("--device", default=None, help="augmentation device (default: cuda if available)")
-    d.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
+    d.add_argument("--workers", type=_positive_int, default=None,
+                   help="prepare processes (default: all cores)")
 
     def run_data(a: argparse.Namespace) -> int:
         from kdlandmark.bench import bench_data
@@ -188,42 +368,61 @@ def _cmd_bench(sub: argparse._SubParsersAction) -> None:
     t = targets.add_parser("train", help="model-only ceiling vs the real data path (teacher, KD student)")
     t.add_argument("--config", default="paper-300w", help="experiment preset or YAML")
     t.add_argument("--data", type=Path, default=None, help="prepared set (default: synthetic faces)")
-    t.add_argument("--count", type=int, default=1000, help="synthetic faces when --data is not given")
-    t.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    t.add_argument("--roles", nargs="+", default=["tough", "kd"], choices=["tough", "tolerant", "kd", "l2"])
+    t.add_argument("--count", type=_positive_int, default=1000,
+                   help="synthetic faces when --data is not given")
+    t.add_argument("--steps", type=_positive_int, default=30, help="timed steps per measurement")
+    t.add_argument("--roles", nargs="+", default=["tough", "kd"], choices=ROLES)
+    t.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes making the synthetic faces (default: all cores)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     def run_train(a: argparse.Namespace) -> int:
         from kdlandmark.bench import bench_train
 
         bench_train(a.config, tuple(a.overrides), data=a.data, count=a.count, steps=a.steps,
-                    roles=tuple(a.roles))
+                    roles=tuple(a.roles), workers=a.workers)
         return 0
 
     t.set_defaults(func=run_train)
 
     i = targets.add_parser("infer", help="CPU latency and throughput: PyTorch eager/compiled, ONNX Runtime")
-    add_bench_infer_arguments(i)
-    i.set_defaults(func=bench_infer_main)
+    i.add_argument("--model", type=Path, default=None, help="checkpoint folder to time")
+    i.add_argument("--arch", action="append", default=[], metavar="BACKBONE:SIZE",
+                   help="also time a random-weight network, e.g. mobilenetv2_100:224 (repeatable)")
+    i.add_argument("--layout", choices=FORMATS, default="300w",
+                   help="layout of --arch networks (default 300w)")
+    i.add_argument("--batch", type=_positive_int, default=32, help="faces per batch for throughput")
+    i.add_argument("--runs", type=_positive_int, default=200, help="timed single-face calls per figure")
+    i.add_argument("--max-seconds", type=_positive_float, default=4.0, help="time limit per figure")
+    i.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads of torch and onnxruntime (default: their choice, all cores)")
+    i.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    i.add_argument("--int8", action="store_true", help="also time the dynamic int8 ONNX model")
+    i.add_argument("--dlib-python", default=None, metavar="PYTHON",
+                   help="a Python with dlib + face_recognition_models: time dlib's 68-point predictor")
+    i.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    i.set_defaults(func=_run_bench_infer)
 
 
-def _cmd_predict(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.infer.predict import add_predict_arguments, predict_main
+def _run_bench_infer(a: argparse.Namespace) -> int:
+    import json
 
-    p = sub.add_parser("predict", help="landmarks on images, folders or videos")
-    add_predict_arguments(p)
-    p.set_defaults(func=predict_main)
+    from kdlandmark.bench import bench_infer
+
+    archs = a.arch or ([] if a.model is not None else
+                       ["mobilenetv2_100:224", "mobilenetv2_100:112", "mobilenetv2_050:112"])
+    res = bench_infer(a.model, archs, layout=a.layout, batch=a.batch, runs=a.runs,
+                      max_seconds=a.max_seconds, compile=not a.no_compile, int8=a.int8,
+                      dlib_python=a.dlib_python, threads=a.threads)
+    if a.json is not None:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=1) + "\n")
+    sys.stdout.flush()
+    return 0
 
 
-def _cmd_export(sub: argparse._SubParsersAction) -> None:
-    from kdlandmark.infer.export import add_export_arguments, export_main
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (with JSON metadata)")
-    add_export_arguments(p)
-    p.set_defaults(func=export_main)
-
-
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+# ------------------------------------------------------------------------------------------------ main
+_COMMANDS: list[Registrar] = [
     _cmd_synth,
     _cmd_prepare,
     _cmd_asm,
@@ -239,6 +438,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kdlandmark`` parser with every subcommand (imports neither torch nor NumPy)."""
     parser = argparse.ArgumentParser(
         prog="kdlandmark",
         description="Facial landmark detectors trained by knowledge distillation (KD-Loss).",
@@ -249,15 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from kdlandmark.config import ConfigError
-    from kdlandmark.data.samples import DatasetError
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bad input ends as ``error: ...`` on stderr and exit status 2 (see the module)."""
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as exc:
+        # user errors: DatasetError, CheckpointError, ConfigError, DetectorUnavailable (all UserError),
+        # invalid values met deeper down (ValueError) and missing or unwritable paths (OSError)
+        if os.environ.get("KDLANDMARK_TRACEBACK"):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -35,11 +35,12 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from kdlandmark.atomic import atomic_write_bytes
-from kdlandmark.data.augment import AugmentConfig
-from kdlandmark.losses import KDLossConfig
+from kdlandmark.errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "AugmentConfig",
+    "KDLossConfig",
     "ModelConfig",
     "OptimConfig",
     "TeachersConfig",
@@ -71,11 +72,166 @@ _BATCHNORM = ("train", "frozen", "sync")
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key and where it came from."""
-
-
 # --------------------------------------------------------------------------------------------- dataclasses
+@dataclass
+class AugmentConfig:
+    """Random augmentation applied by :class:`BatchAugmenter` in training mode.
+
+    Defaults suit face landmarks at the paper's scale (the official code augments offline with
+    scale 0.7-1.3, rotation up to 0.55 rad, noise, colour changes and crop jitter; REFERENCE.md 2).
+    Setting a field to 0 (or a probability to 0, or a range to ``(1, 1)``) turns that operation off.
+
+    Attributes:
+        rotation_deg: rotation angle drawn uniformly from ``[-rotation_deg, rotation_deg]`` degrees.
+        scale: zoom factor drawn uniformly from this range; ``> 1`` makes the face larger in the output.
+        translate: shift drawn uniformly from ``[-translate, translate]`` per axis, as a fraction of the
+            output side (0.08 moves the face by up to 8 % of the model input).
+        flip_prob: probability of a horizontal mirror; landmark indices are then permuted with the
+            layout's flip table, so index i still names the same facial part.
+        brightness: brightness factor drawn from ``[1 - brightness, 1 + brightness]`` (multiplies RGB).
+        contrast: contrast factor drawn from ``[1 - contrast, 1 + contrast]`` around the image's mean grey.
+        saturation: saturation factor drawn from ``[1 - saturation, 1 + saturation]`` around each pixel's
+            grey value (0 gives a grey image).
+        blur_prob: probability that a sample is blurred by a Gaussian.
+        blur_sigma: Gaussian standard deviation range in output pixels, drawn uniformly per sample.
+        noise_prob: probability that a sample gets additive Gaussian pixel noise.
+        noise_std: noise standard deviation range (on the [0, 1] intensity scale), drawn per sample.
+        cutout_prob: probability that a sample gets one occluding rectangle (teaches robustness to
+            occlusion, as in COFW).
+        cutout_size: rectangle width and height, each drawn uniformly from this range as a fraction of
+            the output side; the centre is uniform over the image, so a rectangle may be clipped.
+        cutout_fill: ``"noise"`` (uniform random pixels) or ``"grey"`` (one random grey level per sample).
+    """
+
+    rotation_deg: float = 30.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.08
+    flip_prob: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    noise_prob: float = 0.2
+    noise_std: tuple[float, float] = (0.01, 0.05)
+    cutout_prob: float = 0.3
+    cutout_size: tuple[float, float] = (0.1, 0.35)
+    cutout_fill: str = "noise"
+
+    def __post_init__(self) -> None:
+        self.scale = (float(self.scale[0]), float(self.scale[1]))
+        self.blur_sigma = (float(self.blur_sigma[0]), float(self.blur_sigma[1]))
+        self.noise_std = (float(self.noise_std[0]), float(self.noise_std[1]))
+        self.cutout_size = (float(self.cutout_size[0]), float(self.cutout_size[1]))
+        for name in ("flip_prob", "blur_prob", "noise_prob", "cutout_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {v}")
+        for name in ("rotation_deg", "translate", "brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"AugmentConfig.{name} must be <= 1 (factor range 1 +- value)")
+        for name, lo_min in (("scale", 1e-6), ("blur_sigma", 1e-6), ("noise_std", 0.0), ("cutout_size", 0.0)):
+            lo, hi = getattr(self, name)
+            if not lo_min <= lo <= hi:
+                raise ValueError(f"AugmentConfig.{name} must be a range (lo, hi) with {lo_min} <= lo <= hi, "
+                                 f"got {(lo, hi)}")
+        if self.cutout_fill not in ("noise", "grey"):
+            raise ValueError(f"AugmentConfig.cutout_fill must be 'noise' or 'grey', got {self.cutout_fill!r}")
+
+    @classmethod
+    def geometric_only(cls, **overrides: object) -> AugmentConfig:
+        """Rotation, scale, translation and flip only (no photometric changes); fields overridable."""
+        base: dict[str, object] = dict(brightness=0.0, contrast=0.0, saturation=0.0, blur_prob=0.0,
+                                       noise_prob=0.0, cutout_prob=0.0)
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """No augmentation at all (training mode then equals the at-rest view)."""
+        return cls.geometric_only(rotation_deg=0.0, scale=(1.0, 1.0), translate=0.0, flip_prob=0.0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+
+@dataclass
+class KDLossConfig:
+    """Constants of KD-Loss.  Defaults: the official code's values, except ``beta_ratio`` and the ramp,
+    which follow the paper's figures (REFERENCE.md section 2).
+
+    Attributes:
+        w_main: weight of the main loss.  Official README example: 2.
+        w_tough: weight of the Tough-Teacher's ALoss.  Official README example: 1.
+        w_tol: weight of the Tolerant-Teacher's ALoss.  Official README example: 1.
+        beta_ratio: ``r`` in ``beta = G + sign(P - G) r |T - G|``.  Paper figures: 0.4 (teacher at 0.4
+            -> beta 0.16; at 0.49 -> 0.196); official code: 0.15.  Default 0.4.
+        tough_alpha_pos: ``alpha+`` of the Tough ALoss.  Official code 1.9 (paper figure 1).
+        tough_alpha_neg: ``alpha-`` of the Tough ALoss.  Official code -0.45 (paper figure -0.5).
+        tol_alpha_pos: ``alpha+`` of the Tolerant ALoss.  Official code 1.8 (paper figure 1).
+        tol_alpha_neg: ``alpha-`` of the Tolerant ALoss.  Official code -0.4 (paper figure -0.5).
+        low_influence_ramp: weight in ``R_L`` ramps from 0 at ``G`` to ``alpha-`` at ``beta`` (paper
+            figure "loss_weight"); ``False`` leaves it at 0 as the official code does (its ramp line is
+            commented out).  Default True.
+        main_c: ``c`` of the main loss.  Official code 3; paper figure "main_loss" draws 1.
+        l2_warmup_epochs: the KD student's first epochs use plain L2 to the hard landmarks (the
+            baseline's loss) before KD-Loss takes over, with fresh optimiser moments and the
+            learning-rate warm-up again; the teachers are not run in them.  Not in the paper (0, the
+            default, is the paper).  The CPU demo uses it: from random weights the student first
+            sits on the mean-shape plateau, and the L1-like KD-Loss leaves it more slowly than L2
+            within a short schedule (docs/RESULTS.md).
+    """
+
+    w_main: float = 2.0
+    w_tough: float = 1.0
+    w_tol: float = 1.0
+    beta_ratio: float = 0.4
+    tough_alpha_pos: float = 1.9
+    tough_alpha_neg: float = -0.45
+    tol_alpha_pos: float = 1.8
+    tol_alpha_neg: float = -0.4
+    low_influence_ramp: bool = True
+    main_c: float = 3.0
+    l2_warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.l2_warmup_epochs >= 0:
+            raise ValueError(f"KDLossConfig.l2_warmup_epochs must be >= 0, got {self.l2_warmup_epochs}")
+        for name in ("w_main", "w_tough", "w_tol", "main_c", "tough_alpha_pos", "tol_alpha_pos"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"KDLossConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("tough_alpha_neg", "tol_alpha_neg"):
+            if not getattr(self, name) <= 0:
+                raise ValueError(f"KDLossConfig.{name} must be <= 0 (the negative region), "
+                                 f"got {getattr(self, name)}")
+        if not 0.0 < self.beta_ratio < 1.0:
+            raise ValueError(f"beta_ratio must lie in (0, 1), got {self.beta_ratio}")
+
+    @classmethod
+    def paper_figure(cls) -> KDLossConfig:
+        """The constants drawn in the paper's figures: ``alpha+ = 1``, ``alpha- = -0.5`` for both
+        teachers, ``c = 1``, ``r = 0.4``, ramp on; weights of the README example (2, 1, 1).
+
+        Note: with these constants the total KD-Loss is *not* monotone in ``|P - G|`` very close to
+        ``G`` when a teacher's low-influence region covers ``P`` (see docs/METHOD.md).
+        """
+        return cls(tough_alpha_pos=1.0, tough_alpha_neg=-0.5, tol_alpha_pos=1.0, tol_alpha_neg=-0.5,
+                   main_c=1.0, beta_ratio=0.4, low_influence_ramp=True)
+
+    @classmethod
+    def official_code(cls) -> KDLossConfig:
+        """Exactly the official code (``custom_Losses.py``): defaults with ``r = 0.15`` and no ramp."""
+        return cls(beta_ratio=0.15, low_influence_ramp=False)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+
 def _amp_value(value: str | bool) -> str:
     """``amp`` as one of :data:`_AMP`; YAML reads a bare ``off`` as false (and ``on`` as true)."""
     if value is False:
@@ -279,12 +435,25 @@ class PrepareConfig:
 
 @dataclass
 class AsmConfig:
-    """Soft landmarks (:func:`kdlandmark.shape.asm.fit_asm`): kept variance, Procrustes, clipping."""
+    """Soft landmarks (:func:`kdlandmark.shape.asm.fit_asm`).
+
+    Attributes:
+        variance: share of the shape variance the kept components explain (paper: 0.9).
+        procrustes: align the shapes by generalised Procrustes analysis first (classic ASM).
+        clip: shape parameters clipped to ``+- clip * sqrt(lambda)`` (``null``: no clipping).
+        max_iter: cap on the Procrustes iterations.
+    """
 
     variance: float = 0.9
     procrustes: bool = True
     clip: float | None = 3.0
     max_iter: int = 20
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"asm.clip must be positive or null, got {self.clip}")
+        if self.max_iter < 1:
+            raise ValueError(f"asm.max_iter must be >= 1, got {self.max_iter}")
 
 
 @dataclass
@@ -330,12 +499,23 @@ class RuntimeConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings: NME normalisation, failure threshold, batch, splits (``null``: all test)."""
+    """Evaluation settings of the pipeline's evaluate stage.
+
+    Attributes:
+        normalisation: NME normaliser (``inter-ocular``, ``inter-pupil`` or ``box``).
+        failure_threshold: failure threshold and AUC limit (0.10; 0.08 for some WFLW tables).
+        batch_size: faces per forward pass.
+        splits: prepared splits to evaluate (``null``: every test split of the protocol).
+    """
 
     normalisation: str = "inter-ocular"
     failure_threshold: float = 0.1
     batch_size: int = 64
     splits: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

@@ -14,12 +14,16 @@ normalising indices and its ``MATCHED_PARTS`` flip tables), the 300W/iBUG 68-poi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "LAYOUTS", "get_layout", "layout_for_points"]
+from kdlandmark.errors import CheckpointError
+
+__all__ = ["Layout", "LAYOUTS", "get_layout", "layout_for_points", "layout_from_meta", "polylines"]
 
 
 def _r(a: int, b: int) -> tuple[int, ...]:
@@ -217,6 +221,33 @@ def layout_for_points(num_points: int) -> Layout:
             return lay
     known = ", ".join(f"{lay.num_points} ({lay.name})" for lay in LAYOUTS.values())
     raise ValueError(f"no layout has {num_points} points; known: {known}")
+
+
+def layout_from_meta(meta: Mapping[str, Any], where: str | Path) -> Layout:
+    """The layout a model file's metadata names (``layout``: a name or ``{name, num_points}``), checked.
+
+    The layout must be known and agree with its own point count and with ``architecture.num_points``
+    when the metadata has one; otherwise :class:`~kdlandmark.errors.CheckpointError` naming ``where``.
+    """
+    lay = meta.get("layout")
+    arch = meta.get("architecture") or {}
+    if isinstance(lay, dict):
+        name, num = lay.get("name"), lay.get("num_points", arch.get("num_points"))
+    elif isinstance(lay, str):
+        name, num = lay, arch.get("num_points")
+    else:
+        raise CheckpointError(where, f"metadata has no usable 'layout' entry ({lay!r})")
+    try:
+        layout = get_layout(name) if name else layout_for_points(int(num))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(where, f"unknown layout {name!r} with {num} points ({exc})") from None
+    if num is not None and int(num) != layout.num_points:
+        raise CheckpointError(where, f"layout {layout.name!r} has {layout.num_points} points but the "
+                                     f"metadata says {num}")
+    if arch.get("num_points") is not None and int(arch["num_points"]) != layout.num_points:
+        raise CheckpointError(where, f"architecture has {arch['num_points']} points, layout {layout.name!r} "
+                                     f"{layout.num_points}")
+    return layout
 
 
 def polylines(layout: Layout) -> Sequence[tuple[tuple[int, ...], bool]]:

@@ -52,10 +52,10 @@ teacher.  Inputs of lower precision (fp16/bf16 under autocast) are computed in f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor
+
+from kdlandmark.config import KDLossConfig
 
 __all__ = [
     "KDLossConfig",
@@ -67,77 +67,6 @@ __all__ = [
     "reflect_teacher",
     "beta_point",
 ]
-
-
-@dataclass
-class KDLossConfig:
-    """Constants of KD-Loss.  Defaults: the official code's values, except ``beta_ratio`` and the ramp,
-    which follow the paper's figures (REFERENCE.md section 2).
-
-    Attributes:
-        w_main: weight of the main loss.  Official README example: 2.
-        w_tough: weight of the Tough-Teacher's ALoss.  Official README example: 1.
-        w_tol: weight of the Tolerant-Teacher's ALoss.  Official README example: 1.
-        beta_ratio: ``r`` in ``beta = G + sign(P - G) r |T - G|``.  Paper figures: 0.4 (teacher at 0.4
-            -> beta 0.16; at 0.49 -> 0.196); official code: 0.15.  Default 0.4.
-        tough_alpha_pos: ``alpha+`` of the Tough ALoss.  Official code 1.9 (paper figure 1).
-        tough_alpha_neg: ``alpha-`` of the Tough ALoss.  Official code -0.45 (paper figure -0.5).
-        tol_alpha_pos: ``alpha+`` of the Tolerant ALoss.  Official code 1.8 (paper figure 1).
-        tol_alpha_neg: ``alpha-`` of the Tolerant ALoss.  Official code -0.4 (paper figure -0.5).
-        low_influence_ramp: weight in ``R_L`` ramps from 0 at ``G`` to ``alpha-`` at ``beta`` (paper
-            figure "loss_weight"); ``False`` leaves it at 0 as the official code does (its ramp line is
-            commented out).  Default True.
-        main_c: ``c`` of the main loss.  Official code 3; paper figure "main_loss" draws 1.
-        l2_warmup_epochs: the KD student's first epochs use plain L2 to the hard landmarks (the
-            baseline's loss) before KD-Loss takes over, with fresh optimiser moments and the
-            learning-rate warm-up again; the teachers are not run in them.  Not in the paper (0, the
-            default, is the paper).  The CPU demo uses it: from random weights the student first
-            sits on the mean-shape plateau, and the L1-like KD-Loss leaves it more slowly than L2
-            within a short schedule (docs/RESULTS.md).
-    """
-
-    w_main: float = 2.0
-    w_tough: float = 1.0
-    w_tol: float = 1.0
-    beta_ratio: float = 0.4
-    tough_alpha_pos: float = 1.9
-    tough_alpha_neg: float = -0.45
-    tol_alpha_pos: float = 1.8
-    tol_alpha_neg: float = -0.4
-    low_influence_ramp: bool = True
-    main_c: float = 3.0
-    l2_warmup_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.l2_warmup_epochs >= 0:
-            raise ValueError(f"KDLossConfig.l2_warmup_epochs must be >= 0, got {self.l2_warmup_epochs}")
-        for name in ("w_main", "w_tough", "w_tol", "main_c", "tough_alpha_pos", "tol_alpha_pos"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"KDLossConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tough_alpha_neg", "tol_alpha_neg"):
-            if not getattr(self, name) <= 0:
-                raise ValueError(f"KDLossConfig.{name} must be <= 0 (the negative region), "
-                                 f"got {getattr(self, name)}")
-        _check_beta_ratio(self.beta_ratio)
-
-    @classmethod
-    def paper_figure(cls) -> KDLossConfig:
-        """The constants drawn in the paper's figures: ``alpha+ = 1``, ``alpha- = -0.5`` for both
-        teachers, ``c = 1``, ``r = 0.4``, ramp on; weights of the README example (2, 1, 1).
-
-        Note: with these constants the total KD-Loss is *not* monotone in ``|P - G|`` very close to
-        ``G`` when a teacher's low-influence region covers ``P`` (see docs/METHOD.md).
-        """
-        return cls(tough_alpha_pos=1.0, tough_alpha_neg=-0.5, tol_alpha_pos=1.0, tol_alpha_neg=-0.5,
-                   main_c=1.0, beta_ratio=0.4, low_influence_ramp=True)
-
-    @classmethod
-    def official_code(cls) -> KDLossConfig:
-        """Exactly the official code (``custom_Losses.py``): defaults with ``r = 0.15`` and no ramp."""
-        return cls(beta_ratio=0.15, low_influence_ramp=False)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check_beta_ratio(beta_ratio: float) -> None:

@@ -111,18 +111,18 @@ class Pipeline:
         from kdlandmark.shape.soften import soften_prepared
 
         a = self.exp.asm
-        soften_prepared(self.prepared_dir, a.variance, procrustes=a.procrustes, out=self.root / "asm")
+        soften_prepared(self.prepared_dir, a.variance, procrustes=a.procrustes, clip=a.clip,
+                        max_iter=a.max_iter, out=self.root / "asm")
 
     def train_done(self, role: str) -> bool:
         return (self.root / role / "result.json").is_file()
 
     def train(self, role: str) -> None:
-        from kdlandmark.train.checkpoint import STATE_META, resolve_checkpoint_dir
+        from kdlandmark.train.checkpoint import has_training_state
         from kdlandmark.train.trainer import train
 
         run = self.root / role
-        resume = resolve_checkpoint_dir(run / "last", STATE_META) is not None
-        result = train(train_config(self.exp, role, resume=resume))
+        result = train(train_config(self.exp, role, resume=has_training_state(run)))
         result = {k: v for k, v in result.items() if k != "history"}
         write_json_atomic(run / "result.json", result)
 
@@ -138,7 +138,8 @@ class Pipeline:
                 continue
             evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
                                 out_dir=self.eval_dir(role), normalisation=ev.normalisation,
-                                threshold=ev.failure_threshold, splits=ev.splits, name=ROLE_LABELS[role])
+                                threshold=ev.failure_threshold, splits=ev.splits, batch=ev.batch_size,
+                                name=ROLE_LABELS[role])
 
     def results(self) -> dict:
         """``results.json`` and ``results.md``: every model on every subset."""

@@ -25,108 +25,22 @@ as in :mod:`kdlandmark.data.crop`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdlandmark.config import AugmentConfig
 from kdlandmark.layouts import Layout
 
-__all__ = ["AugmentConfig", "BatchAugmenter", "benchmark_augment"]
+__all__ = ["AugmentConfig", "BatchAugmenter"]
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 #: ITU-R BT.601 luma weights for RGB, used for saturation and grey-level statistics.
 _LUMA = (0.299, 0.587, 0.114)
-
-
-@dataclass
-class AugmentConfig:
-    """Random augmentation applied by :class:`BatchAugmenter` in training mode.
-
-    Defaults suit face landmarks at the paper's scale (the official code augments offline with
-    scale 0.7-1.3, rotation up to 0.55 rad, noise, colour changes and crop jitter; REFERENCE.md 2).
-    Setting a field to 0 (or a probability to 0, or a range to ``(1, 1)``) turns that operation off.
-
-    Attributes:
-        rotation_deg: rotation angle drawn uniformly from ``[-rotation_deg, rotation_deg]`` degrees.
-        scale: zoom factor drawn uniformly from this range; ``> 1`` makes the face larger in the output.
-        translate: shift drawn uniformly from ``[-translate, translate]`` per axis, as a fraction of the
-            output side (0.08 moves the face by up to 8 % of the model input).
-        flip_prob: probability of a horizontal mirror; landmark indices are then permuted with the
-            layout's flip table, so index i still names the same facial part.
-        brightness: brightness factor drawn from ``[1 - brightness, 1 + brightness]`` (multiplies RGB).
-        contrast: contrast factor drawn from ``[1 - contrast, 1 + contrast]`` around the image's mean grey.
-        saturation: saturation factor drawn from ``[1 - saturation, 1 + saturation]`` around each pixel's
-            grey value (0 gives a grey image).
-        blur_prob: probability that a sample is blurred by a Gaussian.
-        blur_sigma: Gaussian standard deviation range in output pixels, drawn uniformly per sample.
-        noise_prob: probability that a sample gets additive Gaussian pixel noise.
-        noise_std: noise standard deviation range (on the [0, 1] intensity scale), drawn per sample.
-        cutout_prob: probability that a sample gets one occluding rectangle (teaches robustness to
-            occlusion, as in COFW).
-        cutout_size: rectangle width and height, each drawn uniformly from this range as a fraction of
-            the output side; the centre is uniform over the image, so a rectangle may be clipped.
-        cutout_fill: ``"noise"`` (uniform random pixels) or ``"grey"`` (one random grey level per sample).
-    """
-
-    rotation_deg: float = 30.0
-    scale: tuple[float, float] = (0.85, 1.15)
-    translate: float = 0.08
-    flip_prob: float = 0.5
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    blur_prob: float = 0.2
-    blur_sigma: tuple[float, float] = (0.5, 1.5)
-    noise_prob: float = 0.2
-    noise_std: tuple[float, float] = (0.01, 0.05)
-    cutout_prob: float = 0.3
-    cutout_size: tuple[float, float] = (0.1, 0.35)
-    cutout_fill: str = "noise"
-
-    def __post_init__(self) -> None:
-        self.scale = (float(self.scale[0]), float(self.scale[1]))
-        self.blur_sigma = (float(self.blur_sigma[0]), float(self.blur_sigma[1]))
-        self.noise_std = (float(self.noise_std[0]), float(self.noise_std[1]))
-        self.cutout_size = (float(self.cutout_size[0]), float(self.cutout_size[1]))
-        for name in ("flip_prob", "blur_prob", "noise_prob", "cutout_prob"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {v}")
-        for name in ("rotation_deg", "translate", "brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"AugmentConfig.{name} must be <= 1 (factor range 1 +- value)")
-        for name, lo_min in (("scale", 1e-6), ("blur_sigma", 1e-6), ("noise_std", 0.0), ("cutout_size", 0.0)):
-            lo, hi = getattr(self, name)
-            if not lo_min <= lo <= hi:
-                raise ValueError(f"AugmentConfig.{name} must be a range (lo, hi) with {lo_min} <= lo <= hi, "
-                                 f"got {(lo, hi)}")
-        if self.cutout_fill not in ("noise", "grey"):
-            raise ValueError(f"AugmentConfig.cutout_fill must be 'noise' or 'grey', got {self.cutout_fill!r}")
-
-    @classmethod
-    def geometric_only(cls, **overrides: object) -> AugmentConfig:
-        """Rotation, scale, translation and flip only (no photometric changes); fields overridable."""
-        base: dict[str, object] = dict(brightness=0.0, contrast=0.0, saturation=0.0, blur_prob=0.0,
-                                       noise_prob=0.0, cutout_prob=0.0)
-        base.update(overrides)
-        return cls(**base)  # type: ignore[arg-type]
-
-    @classmethod
-    def off(cls) -> AugmentConfig:
-        """No augmentation at all (training mode then equals the at-rest view)."""
-        return cls.geometric_only(rotation_deg=0.0, scale=(1.0, 1.0), translate=0.0, flip_prob=0.0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Column layout of the one table of per-sample uniforms drawn per call (fixed, so a seed reproduces a batch).
@@ -369,39 +283,3 @@ class BatchAugmenter:
                device: torch.device) -> torch.Tensor:
         gen_device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=gen_device).to(device)
-
-
-def benchmark_augment(batch: int = 64, stored: int = 256, out: int = 224, device: str = "cpu",
-                      iters: int = 20, train: bool = True) -> dict:
-    """Throughput of :class:`BatchAugmenter` on random data (default config, 300W layout).
-
-    Returns ``batches_per_s``, ``images_per_s`` and ``ms_per_batch`` together with the settings.  Two
-    warm-up batches are not timed; on CUDA the clock waits for the device.
-    """
-    from kdlandmark.layouts import get_layout
-
-    dev = torch.device(device)
-    layout = get_layout("300w")
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(0)
-    images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen, device=dev)
-    lms = torch.rand(batch, layout.num_points, 2, generator=gen, device=dev) * stored
-    aug = BatchAugmenter(layout, stored, out, view_scale=(1 + 2 * 0.15) / (1 + 2 * 0.4))
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(2):
-        aug(images, [lms], train=train, generator=gen)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        aug(images, [lms], train=train, generator=gen)
-    sync()
-    dt = time.perf_counter() - t0
-    return {
-        "device": str(dev), "batch": batch, "stored": stored, "out": out, "iters": iters, "train": train,
-        "threads": torch.get_num_threads(), "batches_per_s": iters / dt, "images_per_s": iters * batch / dt,
-        "ms_per_batch": 1000.0 * dt / iters,
-    }

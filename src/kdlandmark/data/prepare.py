@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ __all__ = [
     "format_summary",
     "crop_image",
     "decode_image",
-    "benchmark_prepare",
 ]
 
 log = logging.getLogger("kdlandmark")
@@ -186,6 +183,72 @@ def _compact(src: Path, dst: Path, keep: np.ndarray, shape: tuple[int, ...]) -> 
     del new, old
 
 
+def _face_items(dataset: str, samples: list[FaceSample], layout: Layout | None, size: int,
+                context_margin: float, from_landmarks: bool, skip_bad: bool, skipped: list[tuple[str, str]]
+                ) -> tuple[Layout | None, list[_Item], list[FaceSample]]:
+    """The crop work of one split: ``(layout, items, samples kept)``; bad faces raise or are skipped.
+
+    The layout comes from the first face of the first split; every face must have its point count.
+    """
+    items: list[_Item] = []
+    kept: list[FaceSample] = []
+    for s in samples:
+        if layout is None:
+            layout = _layout_for(dataset, s.num_points)
+        if s.num_points != layout.num_points:
+            err = DatasetError(s.image_path, f"{s.num_points} landmarks, the set has {layout.num_points}")
+            if not skip_bad:
+                raise err
+            skipped.append((err.path, err.problem))
+            continue
+        try:
+            affine = crop_affine(_face_box(s, from_landmarks), size, context_margin)
+        except ValueError as exc:
+            if not skip_bad:
+                raise DatasetError(s.image_path, str(exc)) from None
+            skipped.append((s.image_path, str(exc)))
+            continue
+        items.append(_Item(len(items), s.image_path, affine, s.image))
+        kept.append(s)
+    return layout, items, kept
+
+
+def _write_split_tables(d: Path, affines: list[np.ndarray], kept: list[FaceSample], layout: Layout) -> None:
+    """Landmarks (stored-crop pixels), affines, occlusion, boxes and sample records of one split."""
+    aff = np.stack(affines).astype(np.float64)
+    original = np.stack([s.landmarks for s in kept]).astype(np.float64)
+    occluded = np.stack([np.zeros(layout.num_points, dtype=bool) if s.occluded is None
+                         else np.asarray(s.occluded, dtype=bool) for s in kept])
+    save_array_atomic(d / "landmarks.npy", apply_affine(aff, original).astype(np.float32))
+    save_array_atomic(d / "affines.npy", aff)
+    save_array_atomic(d / "occluded.npy", occluded)
+    boxes = np.array([s.box for s in kept], dtype=np.float32).reshape(-1, 4)
+    save_array_atomic(d / "boxes.npy", boxes)
+    write_json_atomic(d / SAMPLES, [{"image_path": s.image_path, "attributes": s.attributes} for s in kept])
+
+
+def _prepared_meta(dataset: str, root: Path, layout: Layout, size: int, margin: float, context_margin: float,
+                   split_meta: dict[str, dict], skipped: list[list[str]]) -> dict:
+    """``meta.json`` of a prepared set (written last: its presence marks the set complete)."""
+    from kdlandmark import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset.lower(),
+        "layout": layout.name,
+        "num_points": layout.num_points,
+        "size": int(size),
+        "margin": float(margin),
+        "context_margin": float(context_margin),
+        "splits": split_meta,
+        "source_root": str(root.absolute()),
+        "skipped": skipped,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kdlandmark_version": __version__,
+        "interpolation": "INTER_AREA reduction then INTER_LINEAR warp; BORDER_CONSTANT black",
+    }
+
+
 def prepare_dataset(dataset: str, root: str | Path, out: str | Path, *, size: int = 256,
                     splits: list[str] | None = None, skip_bad: bool = False, workers: int | None = None,
                     margin: float = DEFAULT_MARGIN, context_margin: float = DEFAULT_CONTEXT_MARGIN
@@ -209,7 +272,6 @@ def prepare_dataset(dataset: str, root: str | Path, out: str | Path, *, size: in
         DatasetError: naming the file, for a malformed sample or an image that cannot be decoded
             (unless ``skip_bad``), or when a split ends up empty.
     """
-    from kdlandmark import __version__
     from kdlandmark.data.formats import base_splits, read_dataset
 
     if size < 8:
@@ -240,27 +302,8 @@ def prepare_dataset(dataset: str, root: str | Path, out: str | Path, *, size: in
             skipped: list[tuple[str, str]] = []
             samples = read_dataset(dataset, root, name, skip_bad=skip_bad, skipped=skipped)
             from_landmarks = name.startswith("train")
-            items: list[_Item] = []
-            kept: list[FaceSample] = []
-            for s in samples:
-                if layout is None:
-                    layout = _layout_for(dataset, s.num_points)
-                if s.num_points != layout.num_points:
-                    err = DatasetError(s.image_path,
-                                       f"{s.num_points} landmarks, the set has {layout.num_points}")
-                    if not skip_bad:
-                        raise err
-                    skipped.append((err.path, err.problem))
-                    continue
-                try:
-                    affine = crop_affine(_face_box(s, from_landmarks), size, context_margin)
-                except ValueError as exc:
-                    if not skip_bad:
-                        raise DatasetError(s.image_path, str(exc)) from None
-                    skipped.append((s.image_path, str(exc)))
-                    continue
-                items.append(_Item(len(items), s.image_path, affine, s.image))
-                kept.append(s)
+            layout, items, kept = _face_items(dataset, samples, layout, size, context_margin, from_landmarks,
+                                              skip_bad, skipped)
             if not items:
                 raise DatasetError(root, f"split {name!r} has no usable faces ({len(skipped)} skipped)")
             if pool is None and workers > 1 and len(items) > CHUNK:
@@ -270,17 +313,7 @@ def prepare_dataset(dataset: str, root: str | Path, out: str | Path, *, size: in
             _reset_split_dir(d)
             keep = _crop_split(items, d, size, pool, skip_bad, skipped, f"prepare {name}")
             kept = [kept[i] for i in keep]
-            affines = np.stack([items[i].affine for i in keep]).astype(np.float64)
-            original = np.stack([s.landmarks for s in kept]).astype(np.float64)
-            occluded = np.stack([np.zeros(layout.num_points, dtype=bool) if s.occluded is None
-                                 else np.asarray(s.occluded, dtype=bool) for s in kept])
-            save_array_atomic(d / "landmarks.npy", apply_affine(affines, original).astype(np.float32))
-            save_array_atomic(d / "affines.npy", affines)
-            save_array_atomic(d / "occluded.npy", occluded)
-            boxes = np.array([s.box for s in kept], dtype=np.float32).reshape(-1, 4)
-            save_array_atomic(d / "boxes.npy", boxes)
-            write_json_atomic(d / SAMPLES, [{"image_path": s.image_path, "attributes": s.attributes}
-                                            for s in kept])
+            _write_split_tables(d, [items[i].affine for i in keep], kept, layout)
             if skipped:
                 log.warning("prepare %s: skipped %d bad sample(s): %s", name, len(skipped),
                             "; ".join(f"{p} ({why})" for p, why in skipped))
@@ -293,21 +326,7 @@ def prepare_dataset(dataset: str, root: str | Path, out: str | Path, *, size: in
             pool.join()
 
     assert layout is not None
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "dataset": dataset.lower(),
-        "layout": layout.name,
-        "num_points": layout.num_points,
-        "size": int(size),
-        "margin": float(margin),
-        "context_margin": float(context_margin),
-        "splits": split_meta,
-        "source_root": str(root.absolute()),
-        "skipped": all_skipped,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "kdlandmark_version": __version__,
-        "interpolation": "INTER_AREA reduction then INTER_LINEAR warp; BORDER_CONSTANT black",
-    }
+    meta = _prepared_meta(dataset, root, layout, size, margin, context_margin, split_meta, all_skipped)
     write_json_atomic(meta_path, meta)
     return PreparedSet(out)
 
@@ -377,49 +396,3 @@ def format_summary(prepared: PreparedSet) -> str:
 
 
 # ----------------------------------------------------------------------------------------- benchmark
-
-def _fake_300w(root: Path, count: int, seed: int = 0, source: tuple[int, int] = (256, 512)) -> None:
-    """A 300W-like train tree of ``count`` JPEG photos of blobs and noise, with random 68-point faces."""
-    from kdlandmark.data.formats import open_writer
-
-    rng = np.random.default_rng(seed)
-    parts = ("afw", "helen/trainset", "lfpw/trainset")
-    n = get_layout("300w").num_points
-    with open_writer("300w", root) as writer:
-        for i in range(count):
-            h, w = (int(v) for v in rng.integers(source[0], source[1] + 1, size=2))
-            low = rng.uniform(0, 255, size=(8, 8, 3)).astype(np.float32)
-            img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-            img += rng.normal(0, 12, size=img.shape).astype(np.float32)
-            img = np.clip(img, 0, 255).astype(np.uint8)
-            side = rng.uniform(0.3, 0.6) * min(h, w)
-            cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
-            lm = np.stack([cx + rng.uniform(-side / 2, side / 2, n),
-                           cy + rng.uniform(-side / 2, side / 2, n)], axis=1)
-            writer.add(parts[i % 3], img, FaceSample(image_path="", landmarks=lm.astype(np.float32),
-                                                     box=landmark_box(lm)))
-
-
-def benchmark_prepare(count: int = 3000, size: int = 256, workers: int | None = None,
-                      source: tuple[int, int] = (256, 512), keep: str | Path | None = None) -> dict:
-    """Time :func:`prepare_dataset` on a synthetic 300W-like tree of ``count`` JPEGs of ``source`` px.
-
-    The tree is generated first (not timed) in a temporary folder (or ``keep``, which is kept).
-    Returns ``faces``, ``seconds``, ``faces_per_s``, ``workers``, ``size`` and ``generate_seconds``.
-    """
-    base = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="kdl-bench-prepare-"))
-    try:
-        t0 = time.perf_counter()
-        data = base / "data"
-        if not (data / "afw").is_dir():
-            _fake_300w(data, count, source=source)
-        gen = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prepared = prepare_dataset("300w", data, base / "prepared", size=size, workers=workers)
-        dt = time.perf_counter() - t0
-        faces = sum(len(prepared.split(n)) for n in prepared.split_names)
-        return {"faces": faces, "seconds": dt, "faces_per_s": faces / dt, "size": size,
-                "workers": workers or os.cpu_count(), "generate_seconds": gen, "source": list(source)}
-    finally:
-        if keep is None:
-            shutil.rmtree(base, ignore_errors=True)

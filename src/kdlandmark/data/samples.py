@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from kdlandmark.errors import DatasetError
+
 __all__ = ["FaceSample", "DatasetError"]
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed.  The message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass

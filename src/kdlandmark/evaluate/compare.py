@@ -11,9 +11,9 @@ evaluated on (:func:`kdlandmark.evaluate.metrics.paired_bootstrap`).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,7 @@ __all__ = [
     "format_results_markdown",
     "format_significance_markdown",
     "format_p",
-    "add_compare_arguments",
-    "compare_main",
+    "default_compare_dir",
 ]
 
 
@@ -293,33 +292,13 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, *, bootstrap: int 
     return {**result, "markdown": text}
 
 
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark compare`` (the lead wires the subcommand to :func:`compare_main`)."""
-    parser.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_METRICS",
-                        help="evaluation folders, metrics.json files, or folders holding several "
-                             "evaluations")
-    parser.add_argument("--out", type=Path, default=Path("compare"),
-                        help="output folder (default: ./compare)")
-    parser.add_argument("--labels", nargs="+", default=None, help="model labels, one per evaluation found")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples (intervals and tests)")
+def default_compare_dir(paths: Sequence[str | Path]) -> Path:
+    """``compare/`` beside the inputs: in the folder that holds them all (never the working folder).
 
-
-def compare_main(args: argparse.Namespace) -> int:
-    """``kdlandmark compare``: print the tables and the significance, write the files (2 on bad input)."""
-    import sys
-
-    try:
-        result = compare(args.paths, args.out, bootstrap=args.bootstrap, labels=args.labels)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    table = {m["label"]: m["subsets"] for m in result["models"]}
-    print(format_results_markdown(table, result["threshold"]))
-    if result["significance"]:
-        print()
-        print(format_significance_markdown(result["significance"]))
-    print()
-    for kind, path in result["files"].items():
-        print(f"{kind}: {path}")
-    return 0
+    An input file (``metrics.json``) stands for its folder; ``compare runs/a/eval runs/b/eval`` writes
+    ``runs/compare``, ``compare runs/demo/eval`` writes ``runs/demo/compare``.
+    """
+    folders = [Path(p).resolve() for p in paths]
+    folders = [f.parent if f.is_file() else f for f in folders]
+    common = Path(os.path.commonpath([f.parent for f in folders]))
+    return common / "compare"

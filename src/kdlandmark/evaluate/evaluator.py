@@ -17,15 +17,13 @@ normalisation or failure threshold without the model or the images.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,8 @@ import numpy as np
 
 from kdlandmark.atomic import write_json_atomic
 from kdlandmark.data.crop import apply_affine, invert_affine
+from kdlandmark.data.store import view_scale
 from kdlandmark.evaluate.protocols import (
-    NORMALISATIONS,
     SUBSETS,
     ProtocolScore,
     ground_truth_px,
@@ -43,6 +41,8 @@ from kdlandmark.evaluate.protocols import (
     score_protocol,
 )
 from kdlandmark.layouts import Layout, get_layout
+from kdlandmark.modelfile.meta import ModelMeta
+from kdlandmark.timing import time_calls
 
 __all__ = [
     "PREDICTIONS_FORMAT",
@@ -56,9 +56,7 @@ __all__ = [
     "load_predictions",
     "rescore",
     "format_metrics_table",
-    "add_evaluate_arguments",
     "default_eval_dir",
-    "evaluate_main",
 ]
 
 PREDICTIONS_FORMAT = "kdlandmark-predictions"
@@ -99,7 +97,7 @@ def eval_view_scale(prepared: Any, margin: float | None = None) -> float:
     c = float(prepared.context_margin)
     if not 0.0 <= m <= c:
         raise ValueError(f"model margin {m} must lie in [0, context margin {c}] of the prepared set")
-    return (1.0 + 2.0 * m) / (1.0 + 2.0 * c)
+    return view_scale(m, c)
 
 
 def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, batch: int = 64,
@@ -155,22 +153,17 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
 def measure_latency(model: Any, input_size: int, *, runs: int = 20, warmup: int = 3) -> dict:
     """Median CPU forward time at batch 1 (milliseconds) of a copy-free CPU run of ``model``.
 
-    The model must be on the CPU.  ``runs`` timed forwards after ``warmup`` untimed ones; the median
-    resists the odd slow run.  The thread count is recorded: latency depends on it.
+    The model must be on the CPU.  ``runs`` timed forwards after ``warmup`` untimed ones
+    (:func:`kdlandmark.timing.time_calls`); the median resists the odd slow run.  The thread count is
+    recorded: latency depends on it.
     """
     import torch
 
     x = torch.rand(1, int(getattr(model, "in_chans", 3)), int(input_size), int(input_size))
     model.eval()
-    times = []
     with torch.inference_mode():
-        for _ in range(max(0, warmup)):
-            model(x)
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(1000.0 * (time.perf_counter() - t0))
-    return {"ms_median": statistics.median(times), "ms_min": min(times), "runs": len(times),
+        t = time_calls(lambda: model(x), runs=max(1, runs), warmup=warmup)
+    return {"ms_median": t.median_ms, "ms_min": t.min_ms, "runs": t.calls,
             "threads": torch.get_num_threads(), "input_size": int(input_size),
             "cpu": platform.processor() or platform.machine()}
 
@@ -350,7 +343,7 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _prepare_from_root(dataset: str, root: Path, cache: Path, meta: dict, splits: Sequence[str] | None
+def _prepare_from_root(dataset: str, root: Path, cache: Path, meta: ModelMeta, splits: Sequence[str] | None
                        ) -> Any:
     """Prepare the protocol's test splits of a raw dataset root into ``cache`` (the checkpoint's margins)."""
     from kdlandmark.data.formats import base_splits
@@ -362,14 +355,80 @@ def _prepare_from_root(dataset: str, root: Path, cache: Path, meta: dict, splits
     if missing or not wanted:
         raise ValueError(f"{root}: {dataset} test split(s) {missing or list(protocol_splits(dataset))} "
                          f"not found (present: {', '.join(present) or 'none'})")
-    crop = meta.get("crop") or {}
     kwargs: dict[str, Any] = {}
-    if crop.get("margin") is not None:
-        kwargs["margin"] = float(crop["margin"])
-    if crop.get("context_margin") is not None:
-        kwargs["context_margin"] = float(crop["context_margin"])
-    size = int(crop.get("stored_size") or 256)
-    return prepare_dataset(dataset, root, cache, size=size, splits=wanted, **kwargs)
+    if meta.crop.margin is not None:
+        kwargs["margin"] = meta.crop.margin
+    if meta.crop.context_margin is not None:
+        kwargs["context_margin"] = meta.crop.context_margin
+    return prepare_dataset(dataset, root, cache, size=meta.crop.stored_size or 256, splits=wanted, **kwargs)
+
+
+@contextmanager
+def _opened(prepared_or_root: Any, dataset: str | None, meta: ModelMeta, splits: Sequence[str] | None,
+            cache_dir: str | Path | None) -> Iterator[Any]:
+    """The prepared set to evaluate on; a raw dataset root is prepared first (into a temporary folder
+    removed afterwards, unless ``cache_dir`` keeps it)."""
+    if not (isinstance(prepared_or_root, str | os.PathLike) and not _is_prepared(Path(prepared_or_root))):
+        yield open_prepared(prepared_or_root)
+        return
+    if dataset is None:
+        raise ValueError(f"{prepared_or_root}: a raw dataset root needs dataset=")
+    if cache_dir is not None:
+        yield _prepare_from_root(dataset, Path(prepared_or_root), Path(cache_dir), meta, splits)
+        return
+    with tempfile.TemporaryDirectory(prefix="kdlandmark-eval-") as tmp:
+        yield _prepare_from_root(dataset, Path(prepared_or_root), Path(tmp), meta, splits)
+
+
+def _splits_to_score(prepared: Any, dataset: str, splits: Sequence[str] | None, meta: ModelMeta,
+                     ckpt: str | Path) -> list[str]:
+    """The prepared splits the protocol scores (or those asked for); the layouts must agree."""
+    layout: Layout = prepared.layout
+    if meta.num_points != layout.num_points:
+        raise ValueError(f"{ckpt}: the model predicts {meta.num_points} points, the prepared set's "
+                         f"{layout.name} layout has {layout.num_points}")
+    available = list(prepared.split_names)
+    wanted = list(splits) if splits else [s for s in protocol_splits(dataset) if s in available]
+    unknown = [s for s in wanted if s not in available]
+    if unknown or not wanted:
+        raise ValueError(f"{getattr(prepared, 'root', prepared)}: split(s) {unknown or wanted} not "
+                         f"prepared (splits: {', '.join(available)}); the {dataset} protocol "
+                         f"reads {', '.join(protocol_splits(dataset))}")
+    return wanted
+
+
+def _predict_all(model: Any, prepared: Any, dataset: str, wanted: Sequence[str], meta: ModelMeta, *,
+                 batch: int, device: str, info: dict) -> Predictions:
+    """Predictions and ground truth in image pixels of every face of the ``wanted`` splits."""
+    preds: dict[str, np.ndarray] = {}
+    gts: dict[str, np.ndarray] = {}
+    for sp in wanted:
+        preds[sp] = predict_prepared(model, prepared, sp, input_size=meta.input_size, batch=batch,
+                                     device=device, margin=meta.crop.margin)
+        s = prepared.split(sp)
+        gts[sp] = ground_truth_px(np.asarray(s.landmarks, np.float64), np.asarray(s.affines, np.float64))
+    return Predictions(
+        dataset, prepared.layout, preds, gts,
+        {sp: np.asarray(prepared.split(sp).affines, np.float64) for sp in wanted},
+        {sp: np.asarray(prepared.split(sp).occluded, bool) for sp in wanted},
+        {sp: list(prepared.split(sp).image_paths) for sp in wanted},
+        {sp: list(prepared.split(sp).attributes) for sp in wanted},
+        info)
+
+
+def _model_facts(model: Any, meta: ModelMeta, latency_runs: int) -> dict:
+    """Parameters, FLOPs (None when the counter cannot trace the model) and CPU latency at batch 1."""
+    from kdlandmark.models import count_flops, count_parameters
+
+    model.to("cpu")
+    try:
+        flops: int | None = count_flops(model, meta.input_size)
+    except Exception:  # noqa: BLE001 -- a model the flop counter cannot trace still gets evaluated
+        flops = None
+    latency = measure_latency(model, meta.input_size, runs=latency_runs) if latency_runs > 0 else None
+    return {"params": int(count_parameters(model)), "flops": flops,
+            "flops_convention": "2 x multiply-accumulates, batch 1",
+            "latency_ms_cpu": latency["ms_median"] if latency else None, "latency": latency}
 
 
 def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str | None, out_dir: str | Path,
@@ -377,7 +436,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
                         splits: Sequence[str] | None = None, bootstrap: int = 1000, name: str | None = None,
                         batch: int = 64, device: str | None = None, latency_runs: int = 20,
                         examples: int = 4, cache_dir: str | Path | None = None, model: Any = None,
-                        meta: dict | None = None) -> dict:
+                        meta: ModelMeta | None = None) -> dict:
     """Evaluate a checkpoint on a benchmark's test subsets; writes and returns ``metrics.json``.
 
     Args:
@@ -394,70 +453,29 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
         batch, device: inference batch and device (default: CUDA when available).
         latency_runs: timed CPU forwards at batch 1 (0: skip the latency measurement).
         examples: faces kept per category (best / median / worst) for the report's picture grid.
-        model, meta: an already loaded model and its meta (tests; ``ckpt`` is then only recorded).
+        model, meta: an already loaded model and its :class:`ModelMeta` (``ckpt`` is then only recorded).
     """
     import torch
 
-    from kdlandmark.models import count_flops, count_parameters
-
-    out = Path(out_dir)
     if model is None:
-        from kdlandmark.train.checkpoint import load_checkpoint
+        from kdlandmark.modelfile.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(ckpt, device="cpu")
-    meta = dict(meta or {})
-    arch = dict(meta.get("architecture") or {})
-    input_size = int(meta.get("input_size") or arch.get("input_size") or 224)
-    crop = meta.get("crop") or {}
-
-    tmp: tempfile.TemporaryDirectory | None = None
-    try:
-        if isinstance(prepared_or_root, str | os.PathLike) and not _is_prepared(Path(prepared_or_root)):
-            if dataset is None:
-                raise ValueError(f"{prepared_or_root}: a raw dataset root needs dataset=")
-            if cache_dir is None:
-                tmp = tempfile.TemporaryDirectory(prefix="kdlandmark-eval-")
-                cache = Path(tmp.name)
-            else:
-                cache = Path(cache_dir)
-            prepared = _prepare_from_root(dataset, Path(prepared_or_root), cache, meta, splits)
-        else:
-            prepared = open_prepared(prepared_or_root)
+    if meta is None:
+        raise ValueError("an already loaded model needs its metadata (meta=ModelMeta)")
+    out = Path(out_dir)
+    with _opened(prepared_or_root, dataset, meta, splits, cache_dir) as prepared:
         dataset = (dataset or getattr(prepared, "dataset", "") or "").lower()
         if dataset not in SUBSETS:
             raise ValueError(f"no evaluation protocol for dataset {dataset!r}; known: {', '.join(SUBSETS)}")
-        layout: Layout = prepared.layout
-        num_points = int(arch.get("num_points", getattr(model, "num_points", layout.num_points)))
-        if num_points != layout.num_points:
-            raise ValueError(f"{ckpt}: the model predicts {num_points} points, the prepared set's "
-                             f"{layout.name} layout has {layout.num_points}")
-        available = list(prepared.split_names)
-        wanted = list(splits) if splits else [s for s in protocol_splits(dataset) if s in available]
-        unknown = [s for s in wanted if s not in prepared.split_names]
-        if unknown or not wanted:
-            raise ValueError(f"{getattr(prepared, 'root', prepared)}: split(s) {unknown or wanted} not "
-                             f"prepared (splits: {', '.join(available)}); the {dataset} protocol "
-                             f"reads {', '.join(protocol_splits(dataset))}")
-        margin = crop.get("margin")
-        view = eval_view_scale(prepared, margin)
+        wanted = _splits_to_score(prepared, dataset, splits, meta, ckpt)
+        view = eval_view_scale(prepared, meta.crop.margin)
         dev = device or _default_device()
         model.to(dev)
-        preds: dict[str, np.ndarray] = {}
-        gts: dict[str, np.ndarray] = {}
-        for sp in wanted:
-            preds[sp] = predict_prepared(model, prepared, sp, input_size=input_size, batch=batch, device=dev,
-                                         margin=margin)
-            s = prepared.split(sp)
-            gts[sp] = ground_truth_px(np.asarray(s.landmarks, np.float64), np.asarray(s.affines, np.float64))
-        stored = Predictions(
-            dataset, layout, preds, gts,
-            {sp: np.asarray(prepared.split(sp).affines, np.float64) for sp in wanted},
-            {sp: np.asarray(prepared.split(sp).occluded, bool) for sp in wanted},
-            {sp: list(prepared.split(sp).image_paths) for sp in wanted},
-            {sp: list(prepared.split(sp).attributes) for sp in wanted},
-            {"model": name, "checkpoint": str(ckpt), "prepared": str(getattr(prepared, "root", "")),
-             "input_size": input_size, "view_scale": view},
-        )
+        stored = _predict_all(model, prepared, dataset, wanted, meta, batch=batch, device=dev,
+                              info={"model": name, "checkpoint": str(ckpt),
+                                    "prepared": str(getattr(prepared, "root", "")),
+                                    "input_size": meta.input_size, "view_scale": view})
         score = _score(stored, normalisation, threshold, bootstrap)
         label = name or _default_name(meta, ckpt)
         stored.info["model"] = label
@@ -465,40 +483,19 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
         save_predictions(out, stored)
         if examples > 0:
             _save_examples(out, prepared, score, examples, view)
-
-        model.to("cpu")
-        params = count_parameters(model)
-        try:
-            flops: int | None = count_flops(model, input_size)
-        except Exception:  # noqa: BLE001 -- a model the flop counter cannot trace still gets evaluated
-            flops = None
-        latency = measure_latency(model, input_size, runs=latency_runs) if latency_runs > 0 else None
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
     result = _metrics_dict(score, stored, model=label, checkpoint=str(ckpt), bootstrap=bootstrap, extra={
-        "role": meta.get("role"),
-        "backbone": arch.get("backbone"),
-        "input_size": input_size,
-        "params": int(params),
-        "flops": flops,
-        "flops_convention": "2 x multiply-accumulates, batch 1",
-        "latency_ms_cpu": latency["ms_median"] if latency else None,
-        "latency": latency,
-        "device": str(dev),
-        "torch": torch.__version__,
+        "role": meta.role, "backbone": meta.backbone, "input_size": meta.input_size,
+        **_model_facts(model, meta, latency_runs),
+        "device": str(dev), "torch": torch.__version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     write_json_atomic(out / METRICS_JSON, result)
     return result
 
 
-def _default_name(meta: dict, ckpt: str | Path) -> str:
-    role = meta.get("role")
-    backbone = (meta.get("architecture") or {}).get("backbone")
-    if role or backbone:
-        return " ".join(str(v) for v in (role, backbone) if v)
+def _default_name(meta: ModelMeta, ckpt: str | Path) -> str:
+    if meta.role or meta.backbone:
+        return " ".join(str(v) for v in (meta.role, meta.backbone) if v)
     p = Path(ckpt)
     return p.parent.name if p.name in ("best", "last") else p.name
 
@@ -530,37 +527,7 @@ def format_metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- command line
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark evaluate`` (the lead wires the subcommand to :func:`evaluate_main`)."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
-    src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
-                     help="score an earlier evaluation's predictions again (no model, no images)")
-    parser.add_argument("--dataset", choices=tuple(SUBSETS), default=None,
-                        help="benchmark protocol (default: the prepared set's dataset)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="dataset root (native files; test splits are prepared first) or a prepared set")
-    parser.add_argument("--split", nargs="+", default=None, dest="splits",
-                        help="prepared splits to evaluate (default: every test split of the protocol)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <checkpoint's run>/eval-<dataset>; "
-                             "with --rescore: print only)")
-    parser.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
-                        help="NME normaliser (default: the benchmark's, inter-ocular)")
-    parser.add_argument("--threshold", type=float, default=0.10,
-                        help="failure threshold and AUC limit as a fraction "
-                             "(0.10; 0.08 for some WFLW tables)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the NME interval")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="keep the prepared test crops of a raw --root here (default: temporary)")
-    parser.add_argument("--latency-runs", type=int, default=20,
-                        help="timed CPU forwards at batch 1 (0: skip)")
-    parser.add_argument("--name", default=None, help="model label in tables")
-
-
+# --------------------------------------------------------------------------------------------- output folder
 def default_eval_dir(ckpt: str | Path, dataset: str | None) -> Path:
     """``<run>/eval-<dataset>`` for a checkpoint ``<run>/best`` (or its ``model.json``), never inside it.
 
@@ -572,38 +539,3 @@ def default_eval_dir(ckpt: str | Path, dataset: str | None) -> Path:
     if folder.name in ("best", "last"):
         return folder.parent / f"eval-{tag}"
     return folder.parent / f"{folder.name}-eval-{tag}"
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``kdlandmark evaluate``: print the table, write metrics.json and the per-image predictions.
-
-    Returns 0, or 2 after printing ``error: ...`` for bad input (a missing or malformed file, a split
-    that was not prepared, a checkpoint for another layout).
-    """
-    import sys
-
-    try:
-        if args.rescore is not None:
-            out = Path(args.out) / METRICS_JSON if args.out is not None else None
-            if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            result = rescore(args.rescore, args.normalisation, args.threshold, bootstrap=args.bootstrap,
-                             out=out)
-            print(format_metrics_table(result))
-            if out is not None:
-                print(f"metrics: {out}")
-            return 0
-        if args.root is None:
-            raise ValueError("--root (a dataset root or a prepared set) is required with --model")
-        out = Path(args.out) if args.out is not None else default_eval_dir(args.model, args.dataset)
-        result = evaluate_checkpoint(args.model, args.root, dataset=args.dataset, out_dir=out,
-                                     normalisation=args.normalisation, threshold=args.threshold,
-                                     splits=args.splits, bootstrap=args.bootstrap, name=args.name,
-                                     batch=args.batch, device=args.device, latency_runs=args.latency_runs,
-                                     cache_dir=args.cache)
-    except ValueError as exc:  # DatasetError and CheckpointError are ValueErrors naming the file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_metrics_table(result))
-    print(f"metrics: {out / METRICS_JSON}\npredictions: {out / PREDICTIONS_NPZ}")
-    return 0

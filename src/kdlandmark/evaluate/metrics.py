@@ -32,18 +32,23 @@ __all__ = [
 ]
 
 
-def nme_per_image(pred: np.ndarray, gt: np.ndarray, layout: Layout, normalisation: str = "inter-ocular"
-                  ) -> np.ndarray:
+def nme_per_image(pred: np.ndarray, gt: np.ndarray, layout: Layout, normalisation: str = "inter-ocular",
+                  *, norm: np.ndarray | None = None) -> np.ndarray:
     """``(M,)`` mean point-to-point error of each image divided by its normalising distance.
 
-    ``pred`` and ``gt`` are ``(M, N, 2)`` (or ``(N, 2)`` for one image) in the same pixel frame.
+    ``pred`` and ``gt`` are ``(M, N, 2)`` (or ``(N, 2)`` for one image) in the same frame (image pixels
+    by the protocol; the trainer's validation uses model coordinates).  ``norm``: the ``(M,)``
+    normalising distances to use instead of ``gt``'s (the Tolerant-Teacher's error to its soft
+    landmarks is normalised by the hard shape's distance).
     """
     p = np.asarray(pred, dtype=np.float64)
     g = np.asarray(gt, dtype=np.float64)
     if p.shape != g.shape or p.shape[-2:] != (layout.num_points, 2):
         raise ValueError(f"pred {p.shape} and gt {g.shape} must both be (..., {layout.num_points}, 2)")
     err = np.linalg.norm(p - g, axis=-1).mean(axis=-1)
-    norm = layout.normaliser(g, normalisation)
+    norm = layout.normaliser(g, normalisation) if norm is None else np.asarray(norm, dtype=np.float64)
+    if np.shape(norm) != np.shape(err):
+        raise ValueError(f"norm {np.shape(norm)} must have one distance per image {np.shape(err)}")
     if np.any(norm <= 0):
         raise ValueError("a ground-truth shape has a zero normalising distance")
     return np.atleast_1d(err / norm)

@@ -18,13 +18,12 @@ box size (``sqrt(w * h)`` of the ground-truth landmarks' box) are options.  The 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from kdlandmark.data.crop import apply_affine, invert_affine
-from kdlandmark.evaluate.metrics import Summary, nme_per_image, summarise
+from kdlandmark.evaluate.metrics import Summary, summarise
 from kdlandmark.layouts import Layout
 
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -49,7 +48,6 @@ __all__ = [
     "protocol_splits",
     "default_normalisation",
     "ground_truth_px",
-    "score_subsets",
     "subset_indices",
     "SubsetScore",
     "ProtocolScore",
@@ -92,30 +90,6 @@ def subsets_for(dataset: str, available_splits: list[str]) -> list[Subset]:
 def ground_truth_px(landmarks_stored: np.ndarray, affines: np.ndarray) -> np.ndarray:
     """Original-image landmarks from stored-crop landmarks and their image->crop affines."""
     return apply_affine(invert_affine(affines), landmarks_stored)
-
-
-def score_subsets(dataset: str, layout, predictions: dict[str, np.ndarray], truths: dict[str, np.ndarray],
-                  attributes: dict[str, list[dict]], *, normalisation: str = "inter-ocular",
-                  threshold: float = 0.10,
-                  on_subset: Callable[[Subset, np.ndarray], None] | None = None) -> dict[str, Summary]:
-    """Summaries per subset from per-split predictions and ground truths in image pixels."""
-    out: dict[str, Summary] = {}
-    for subset in subsets_for(dataset, list(predictions)):
-        preds, gts = [], []
-        for sp in subset.splits:
-            keep = np.ones(len(predictions[sp]), bool)
-            if subset.attribute is not None:
-                keep = np.array([bool(a.get(subset.attribute, False)) for a in attributes[sp]], bool)
-            preds.append(predictions[sp][keep])
-            gts.append(truths[sp][keep])
-        p, g = np.concatenate(preds), np.concatenate(gts)
-        if len(p) == 0:
-            continue
-        nme = nme_per_image(p, g, layout, normalisation)
-        out[subset.name] = summarise(nme, threshold)
-        if on_subset is not None:
-            on_subset(subset, nme)
-    return out
 
 
 # --------------------------------------------------------------------------------------------- full scoring

@@ -147,7 +147,7 @@ def render_examples(run: EvalRun, *, tile: int = 176, per_row: int | None = None
     """
     import cv2
 
-    from kdlandmark.evaluate.draw import draw_landmarks, image_grid
+    from kdlandmark.draw import draw_landmarks, image_grid
 
     path = run.path / EXAMPLES_NPZ
     preds = run.predictions
@@ -201,21 +201,13 @@ def _mean_face(run: EvalRun, score: ProtocolScore, subset: str) -> np.ndarray | 
 
 
 # --------------------------------------------------------------------------------------------- latency
-def _latency(run: EvalRun, runs: int) -> tuple[float | None, str]:
-    """CPU latency (ms, batch 1) from the evaluation, or measured now from its checkpoint."""
+def _latency(run: EvalRun) -> tuple[float | None, str]:
+    """CPU latency (ms, batch 1) as the evaluation measured it (the report renders, it does not time)."""
     m = run.metrics
-    if m.get("latency_ms_cpu") is not None:
-        lat = m.get("latency") or {}
-        return float(m["latency_ms_cpu"]), f"{lat.get('threads', '?')} threads, at evaluation"
-    ckpt = m.get("checkpoint")
-    if runs <= 0 or not ckpt or not Path(ckpt).exists():
-        return None, "not measured"
-    from kdlandmark.evaluate.evaluator import measure_latency
-    from kdlandmark.train.checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(ckpt, device="cpu")
-    lat = measure_latency(model, int(meta.get("input_size", 224)), runs=runs)
-    return float(lat["ms_median"]), f"{lat['threads']} threads, measured for this report"
+    if m.get("latency_ms_cpu") is None:
+        return None, "not measured (evaluated with --latency-runs 0)"
+    lat = m.get("latency") or {}
+    return float(m["latency_ms_cpu"]), f"{lat.get('threads', '?')} threads, at evaluation"
 
 
 def _synthetic_note(runs: Sequence[EvalRun]) -> str | None:
@@ -238,72 +230,33 @@ def _synthetic_note(runs: Sequence[EvalRun]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- the report
-def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | Path],
-                 train_dirs: Mapping[str, str | Path] | None = None, asm_dir: str | Path | None = None,
-                 dataset: str, notes: Sequence[str] = (), bootstrap: int = 1000, latency_runs: int = 20,
-                 examples_per_row: int | None = None) -> tuple[Path, Path]:
-    """Write ``run_dir/report.html`` (self-contained) and ``run_dir/report.md``; returns both paths.
+@dataclass
+class _Report:
+    """What every section of the report reads: the document, the evaluations and their common scores."""
 
-    Args:
-        run_dir: experiment folder; the report and ``report_files/`` (figures for the Markdown) go here.
-        title: report title.
-        models: label -> evaluation folder, in table order (the pipeline: Tough-Teacher,
-            Tolerant-Teacher, L2 student, KD student).  Pictures show the KD student (a label with "KD"),
-            else the last model.
-        train_dirs: label -> training folder with ``metrics.csv`` (curves of every logged loss term, the
-            learning rate and the validation NME).
-        asm_dir: folder of ``asm_variance.json`` (and ``asm_hard_vs_soft.png`` if present).
-        dataset: ``300w``, ``wflw``, ``cofw`` or ``folder`` (selects the published numbers).
-        notes: extra remarks printed at the top.
-        bootstrap: resamples for intervals and the paired tests.
-        latency_runs: CPU forwards to time a model whose evaluation did not record a latency.
-    """
-    from kdlandmark.evaluate.plots import (
-        asm_variance_figure,
-        ced_figure,
-        landmark_heatmap_figure,
-        model_colours,
-        read_metrics_csv,
-        subset_bars_figure,
-        training_curves_figure,
-    )
+    doc: _Doc
+    runs: list[EvalRun]
+    labels: list[str]
+    subsets: list[str]
+    table: dict[str, dict]
+    scores: dict[str, ProtocolScore | None]
+    colours: dict[str, str]
+    bootstrap: int
+    thr: float
+    norm: str
+    main: str | None
+    dataset: str
+    train_dirs: Mapping[str, str | Path] | None
+    asm_dir: str | Path | None
+    examples_per_row: int | None
+
+
+def _section_results(c: _Report) -> None:
+    """Our models' NME next to the paper's, failure rate and AUC, the published numbers kept."""
     from kdlandmark.reference import load_published, published_results
 
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    doc = _Doc(out / FILES_DIR)
-    runs: list[EvalRun] = []
-    missing: list[str] = []
-    for label, d in models.items():
-        p = Path(d)
-        mfile = p / METRICS_JSON if p.is_dir() or not p.suffix else p
-        if mfile.is_file():
-            runs.append(EvalRun(label, mfile.parent, json.loads(mfile.read_text(encoding="utf-8"))))
-        else:
-            missing.append(f"{label} (no {mfile})")
-    labels = [r.label for r in runs]
-    colours = model_colours(list(models))
-
-    doc.html.append(f"<h1>{html.escape(title)}</h1>")
-    doc.md += [f"# {title}", ""]
-    created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    norm = str(runs[0].metrics.get("normalisation", "inter-ocular")) if runs else "inter-ocular"
-    thr = float(runs[0].metrics.get("threshold", 0.10)) if runs else 0.10
-    doc.para(f"Dataset **{dataset}**; NME normalised by the {norm} distance (in %); failure rate and AUC of "
-             f"the cumulative error distribution up to {thr:g}; 95 % intervals from {bootstrap} bootstrap "
-             f"resamples of the test images. Written {created}.", "small")
-    synth = _synthetic_note(runs)
-    for n in [*notes, *([synth] if synth else [])]:
-        doc.note(n)
-    if missing:
-        doc.para("Missing evaluations: " + "; ".join(missing), "missing")
-    scores = score_runs(runs, norm, thr, bootstrap=bootstrap) if runs else {}
-    table = {r.label: ({k: v.to_json() for k, v in s.subsets.items()} if (s := scores[r.label]) is not None
-                       else r.metrics["subsets"]) for r in runs}
-    subsets = list(dict.fromkeys(s for t in table.values() for s in t))
-    main = main_subset(subsets)
-
-    # ---- results next to the paper
+    doc, runs, labels, subsets, table, thr = c.doc, c.runs, c.labels, c.subsets, c.table, c.thr
+    dataset = c.dataset
     doc.heading("Results")
     paper = {r.subset: r for r in published_results(dataset, roles=("paper",))}
     info = load_published()
@@ -339,7 +292,10 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
     doc.para(f"Paper: {info['paper']['citation']} {info['paper']['arxiv']}; code {info['paper']['code']}. "
              f"{info['not_published']}", "small")
 
-    # ---- significance
+
+def _section_significance(c: _Report) -> None:
+    """Paired bootstrap tests of the pictured model against each other model."""
+    doc, runs, labels, scores, bootstrap = c.doc, c.runs, c.labels, c.scores, c.bootstrap
     if len(runs) > 1:
         primary = _primary_label(labels)
         pairs = [(lab, primary) for lab in labels if lab != primary]
@@ -360,7 +316,12 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
         doc.table(["subset", "other model", f"NME difference (%), {primary} - other", "95 % interval", "p",
                    "verdict"], rows)
 
-    # ---- CED and bars
+
+def _section_ced(c: _Report) -> None:
+    """CED curves of every subset and the NME-by-subset bars."""
+    from kdlandmark.evaluate.plots import ced_figure, subset_bars_figure
+
+    doc, runs, table, scores, colours, thr = c.doc, c.runs, c.table, c.scores, c.colours, c.thr
     doc.heading("Cumulative error distribution")
     curves: dict[str, dict[str, np.ndarray]] = {}
     for r in runs:
@@ -378,7 +339,12 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
         doc.heading("NME by subset", 3)
         doc.figure("subsets.png", subset_bars_figure(bars, colours=colours), "NME by subset")
 
-    # ---- training curves
+
+def _section_training(c: _Report) -> None:
+    """Every run's logged loss terms, learning rate and validation NME."""
+    from kdlandmark.evaluate.plots import read_metrics_csv, training_curves_figure
+
+    doc, colours, train_dirs = c.doc, c.colours, c.train_dirs
     doc.heading("Training curves")
     histories, absent = {}, []
     for label, d in (train_dirs or {}).items():
@@ -397,7 +363,12 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
     if absent:
         doc.para("No metrics.csv for: " + "; ".join(absent), "missing")
 
-    # ---- ASM
+
+def _section_asm(c: _Report) -> None:
+    """The ASM stage's hard-vs-soft NME curve and its picture."""
+    from kdlandmark.evaluate.plots import asm_variance_figure
+
+    doc, asm_dir = c.doc, c.asm_dir
     doc.heading("Soft landmarks: ASM variance curve")
     asm_json = Path(asm_dir) / "asm_variance.json" if asm_dir is not None else None
     if asm_json is not None and asm_json.is_file():
@@ -422,7 +393,13 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
     else:
         doc.para(f"No ASM variance curve ({asm_json or 'no ASM folder given'}).", "missing")
 
-    # ---- pictures of the primary model
+
+def _section_pictures(c: _Report) -> None:
+    """Best, median and worst test faces of the pictured model, and its per-landmark error."""
+    from kdlandmark.evaluate.plots import landmark_heatmap_figure
+
+    doc, runs, labels, scores, norm, main = c.doc, c.runs, c.labels, c.scores, c.norm, c.main
+    examples_per_row = c.examples_per_row
     if runs:
         primary = _primary_label(labels)
         prun = next(r for r in runs if r.label == primary)
@@ -449,12 +426,15 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
         else:
             doc.para("Per-landmark error needs the per-image predictions.", "missing")
 
-    # ---- size and speed
+
+def _section_size(c: _Report) -> None:
+    """Parameters, FLOPs and the CPU latency the evaluation measured."""
+    doc, runs = c.doc, c.runs
     doc.heading("Model size, FLOPs and CPU latency")
     rows = []
     for r in runs:
         m = r.metrics
-        ms, how = _latency(r, latency_runs)
+        ms, how = _latency(r)
         rows.append([r.label, str(m.get("backbone") or "-"), str(m.get("input_size") or "-"),
                      _fmt_num(m["params"] / 1e6 if m.get("params") is not None else None, ".2f"),
                      _fmt_num(m["flops"] / 1e9 if m.get("flops") is not None else None, ".3f"),
@@ -465,6 +445,68 @@ def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | 
         doc.table(["model", "backbone", "input", "parameters (M)", "GFLOPs", "CPU latency (ms)", "measured"],
                   rows)
     doc.para("Evaluation folders: " + "; ".join(f"{r.label}: `{r.path}`" for r in runs), "small")
+
+
+def write_report(run_dir: str | Path, *, title: str, models: Mapping[str, str | Path],
+                 train_dirs: Mapping[str, str | Path] | None = None, asm_dir: str | Path | None = None,
+                 dataset: str, notes: Sequence[str] = (), bootstrap: int = 1000,
+                 examples_per_row: int | None = None) -> tuple[Path, Path]:
+    """Write ``run_dir/report.html`` (self-contained) and ``run_dir/report.md``; returns both paths.
+
+    Args:
+        run_dir: experiment folder; the report and ``report_files/`` (figures for the Markdown) go here.
+        title: report title.
+        models: label -> evaluation folder, in table order (the pipeline: Tough-Teacher,
+            Tolerant-Teacher, L2 student, KD student).  Pictures show the KD student (a label with "KD"),
+            else the last model.
+        train_dirs: label -> training folder with ``metrics.csv`` (curves of every logged loss term, the
+            learning rate and the validation NME).
+        asm_dir: folder of ``asm_variance.json`` (and ``asm_hard_vs_soft.png`` if present).
+        dataset: ``300w``, ``wflw``, ``cofw`` or ``folder`` (selects the published numbers).
+        notes: extra remarks printed at the top.
+        bootstrap: resamples for intervals and the paired tests.
+    """
+    from kdlandmark.evaluate.plots import model_colours
+
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = _Doc(out / FILES_DIR)
+    runs: list[EvalRun] = []
+    missing: list[str] = []
+    for label, d in models.items():
+        p = Path(d)
+        mfile = p / METRICS_JSON if p.is_dir() or not p.suffix else p
+        if mfile.is_file():
+            runs.append(EvalRun(label, mfile.parent, json.loads(mfile.read_text(encoding="utf-8"))))
+        else:
+            missing.append(f"{label} (no {mfile})")
+    labels = [r.label for r in runs]
+    colours = model_colours(list(models))
+
+    doc.html.append(f"<h1>{html.escape(title)}</h1>")
+    doc.md += [f"# {title}", ""]
+    created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    norm = str(runs[0].metrics.get("normalisation", "inter-ocular")) if runs else "inter-ocular"
+    thr = float(runs[0].metrics.get("threshold", 0.10)) if runs else 0.10
+    doc.para(f"Dataset **{dataset}**; NME normalised by the {norm} distance (in %); failure rate and AUC of "
+             f"the cumulative error distribution up to {thr:g}; 95 % intervals from {bootstrap} bootstrap "
+             f"resamples of the test images. Written {created}.", "small")
+    synth = _synthetic_note(runs)
+    for n in [*notes, *([synth] if synth else [])]:
+        doc.note(n)
+    if missing:
+        doc.para("Missing evaluations: " + "; ".join(missing), "missing")
+    scores = score_runs(runs, norm, thr, bootstrap=bootstrap) if runs else {}
+    table = {r.label: ({k: v.to_json() for k, v in s.subsets.items()} if (s := scores[r.label]) is not None
+                       else r.metrics["subsets"]) for r in runs}
+    subsets = list(dict.fromkeys(s for t in table.values() for s in t))
+    main = main_subset(subsets)
+
+    c = _Report(doc, runs, labels, subsets, table, scores, colours, bootstrap, thr, norm, main, dataset,
+                train_dirs, asm_dir, examples_per_row)
+    for section in (_section_results, _section_significance, _section_ced, _section_training, _section_asm,
+                    _section_pictures, _section_size):
+        section(c)
 
     html_path, md_path = out / "report.html", out / "report.md"
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -10,10 +10,11 @@ Detectors shipped here:
 * :class:`HaarDetector` -- OpenCV's frontal-face Haar cascade from ``cv2.data.haarcascades``.  The
   cascade's boxes are square and framed differently from landmark boxes (they start at the brows and
   end near the mouth), so a fixed :class:`BoxTransform` (scale + shift, fitted once on synthetic faces
-  by :func:`calibrate_box_transform`, stored below as :data:`HAAR_BOX_TRANSFORM`) maps them to the
-  landmark-box convention.  OpenCV 5 moved ``CascadeClassifier`` out of the main package (to
-  opencv-contrib) and no longer ships the cascade files: :func:`haar_available` says whether this
-  install has them; with ``opencv-python-headless<5`` it does.
+  by :func:`calibrate_box_transform` in ``scripts/calibrate_haar.py``, which writes the constants to
+  :mod:`kdlandmark.infer.haar_calibration`) maps them to the landmark-box convention.  OpenCV 5
+  moved ``CascadeClassifier`` out of the main package (to opencv-contrib) and no longer ships the
+  cascade files: :func:`haar_available` says whether this install has them; with
+  ``opencv-python-headless<5`` it does.
 * :class:`FullImageDetector` -- the image *is* the face crop (pre-cropped faces): the box whose crop is
   exactly the whole image (its longer side), score 1.
 * anything you pass: a callable as above, or boxes given directly to
@@ -22,7 +23,7 @@ Detectors shipped here:
 YuNet (``cv2.FaceDetectorYN``) needs an ONNX model file that no installed package ships; none is
 downloaded.  A user who has one can wrap it in a callable.
 
-This module imports no torch: the calibration can run in any environment with OpenCV and NumPy.
+This module imports no torch and no renderer: the calibration is a tool that writes its constants.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import cv2
 import numpy as np
 
 from kdlandmark.data.crop import DEFAULT_MARGIN, landmark_box
+from kdlandmark.errors import DetectorUnavailable
+from kdlandmark.infer.haar_calibration import HAAR_BOX_TRANSFORMS as _FITTED
 
 __all__ = [
     "Box",
@@ -46,7 +49,6 @@ __all__ = [
     "HAAR_BOX_TRANSFORM",
     "HAAR_BOX_TRANSFORMS",
     "haar_box_transform",
-    "calibrate_haar_on_synthetic",
     "haar_available",
     "HaarDetector",
     "FullImageDetector",
@@ -63,10 +65,6 @@ DetectorFn = Callable[[np.ndarray], Sequence[tuple[Sequence[float], float]]]
 
 #: The cascade file :class:`HaarDetector` uses by default.
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-
-
-class DetectorUnavailable(RuntimeError):
-    """The requested face detector cannot run in this install (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +93,11 @@ class BoxTransform:
 
 
 #: Haar (``haarcascade_frontalface_default.xml``, scale factor 1.1, 3 neighbours) -> landmark box, per
-#: layout (the landmark boxes of the three layouts differ: COFW has no jaw contour).  Fitted by
-#: :func:`calibrate_haar_on_synthetic` on synthetic faces (``kdlandmark.data.synth``, 256 px);
+#: layout (the landmark boxes of the three layouts differ: COFW has no jaw contour).  Fitted on synthetic
+#: faces by ``scripts/calibrate_haar.py``, which writes them to :mod:`kdlandmark.infer.haar_calibration`;
 #: docs/INFERENCE.md gives the command, the sample sizes and the residuals on held-out faces.  Layouts
 #: not listed use the 300W figure.
-HAAR_BOX_TRANSFORMS: dict[str, BoxTransform] = {
-    "300w": BoxTransform(scale=0.9520, dx=-0.0076, dy=0.1803),
-    "wflw": BoxTransform(scale=0.9529, dx=-0.0081, dy=0.1809),
-    "cofw": BoxTransform(scale=0.9147, dx=-0.0046, dy=0.1801),
-}
+HAAR_BOX_TRANSFORMS: dict[str, BoxTransform] = {name: BoxTransform(**t) for name, t in _FITTED.items()}
 HAAR_BOX_TRANSFORM = HAAR_BOX_TRANSFORMS["300w"]
 
 
@@ -310,47 +304,3 @@ def calibrate_box_transform(raw_detector: DetectorFn, images: Sequence[np.ndarra
         "iou_median": float(np.median(iou_after)),
     }
     return tr, stats
-
-
-def calibrate_haar_on_synthetic(count: int = 1000, *, held_out: int = 500, seed: int = 0, size: int = 256,
-                                layouts: Sequence[str] = ("300w", "wflw", "cofw")) -> dict:
-    """Fit :data:`HAAR_BOX_TRANSFORMS` on ``count`` synthetic faces, check it on ``held_out`` others.
-
-    Renders faces with :func:`kdlandmark.data.synth.render.render` (seeds ``seed`` and ``seed + 1``),
-    runs the raw cascade once per image and fits one transform per layout.  Returns
-    ``{layout: {"transform": {...}, "fit": stats, "held_out": stats}}`` (stats as
-    :func:`calibrate_box_transform`; held-out residuals use the fitted transform unchanged).
-    """
-    from kdlandmark.data.synth.render import render
-    from kdlandmark.layouts import get_layout
-
-    det = HaarDetector(transform=None)
-    lays = [get_layout(n) for n in layouts]
-
-    def sample(n: int, s: int) -> tuple[list[list[Detection]], dict[str, list[np.ndarray]]]:
-        rng = np.random.default_rng(s)
-        dets, lms = [], {lay.name: [] for lay in lays}
-        for _ in range(n):
-            face = render(rng, size)
-            dets.append(det.raw(face.image))
-            for lay in lays:
-                lms[lay.name].append(face.landmarks(lay))
-        return dets, lms
-
-    fit_dets, fit_lms = sample(count, seed)
-    test_dets, test_lms = sample(held_out, seed + 1)
-    out = {}
-    for lay in lays:
-        it_fit, it_test = iter(fit_dets), iter(test_dets)
-        tr, fit_stats = calibrate_box_transform(lambda _img, it=it_fit: next(it), [None] * count,
-                                                fit_lms[lay.name])
-        entry = {"transform": tr.to_json(), "fit": fit_stats}
-        if held_out:
-            entry["held_out"] = calibrate_box_transform(lambda _img, it=it_test: next(it), [None] * held_out,
-                                                        test_lms[lay.name], fixed=tr)[1]
-        out[lay.name] = entry
-    out["setup"] = {"cascade": os.path.basename(det.path), "scale_factor": det.scale_factor,
-                    "min_neighbors": det.min_neighbors, "min_size": det.min_size, "image_size": size,
-                    "fit_faces": count, "held_out_faces": held_out, "seed": seed,
-                    "opencv": cv2.__version__}
-    return out

@@ -5,20 +5,24 @@
 takes and returns; the ImageNet normalisation is inside the graph) and ``model.onnx.json`` beside it: the
 layout, input size, normalisation, crop margin and the source checkpoint.  The same JSON is stored in
 the ONNX file's ``metadata_props`` (key ``kdlandmark``), so the ``.onnx`` alone is self-describing.
+:func:`build_onnx` makes the same model in memory (the ONNX backend of ``Landmarker`` and the inference
+benchmark use it).
 
 Options: ``fp16`` (half-precision weights and input: for GPUs; ONNX Runtime's CPU kernels for it are
 few), ``dynamic_batch`` (any batch; otherwise the batch is fixed, 1 by default, and callers loop),
 ``int8`` (an additional ``model.int8.onnx``: dynamic quantisation of the fp32 graph with
 ``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantised on the fly).
 
-Loading (:func:`load_onnx`) never executes code: an ONNX file is a protobuf and the metadata is JSON.
-A malformed or truncated file, or one whose graph disagrees with its metadata (input size, number of
-points, layout), raises :class:`~kdlandmark.train.checkpoint.CheckpointError` naming the file.
+Loading (:func:`load_onnx`) never executes code: an ONNX file is a protobuf and the metadata is JSON,
+parsed once into a :class:`~kdlandmark.modelfile.meta.ModelMeta`.  A malformed or truncated file, or
+one whose graph disagrees with its metadata (input size, number of points, layout), raises
+:class:`~kdlandmark.errors.CheckpointError` naming the file.
+
+A leaf of :mod:`kdlandmark.infer`: it imports no other inference module, and torch only to export.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
@@ -29,44 +33,32 @@ from typing import Any
 
 import numpy as np
 
-from kdlandmark.layouts import Layout, get_layout, layout_for_points
+from kdlandmark.atomic import atomic_write_bytes
+from kdlandmark.errors import CheckpointError
+from kdlandmark.layouts import Layout
+from kdlandmark.modelfile.meta import MODEL_COORDINATES, ONNX_FORMAT, ONNX_VERSION, ModelMeta, read_json
 
 __all__ = [
     "ONNX_FORMAT",
     "META_KEY",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "DEFAULT_OPSET",
     "onnx_meta_path",
     "onnx_model_bytes",
+    "onnx_meta",
+    "build_onnx",
     "export_onnx",
     "quantize_int8",
     "read_onnx_meta",
     "load_onnx",
     "onnx_session",
-    "layout_from_meta",
-    "add_export_arguments",
-    "export_main",
 ]
 
-ONNX_FORMAT = "kdlandmark-onnx"
-ONNX_VERSION = 1
 META_KEY = "kdlandmark"
 INPUT_NAME = "image"
 OUTPUT_NAME = "landmarks"
 DEFAULT_OPSET = 17
-
-
-def _error(path: str | Path, problem: str) -> Exception:
-    """A :class:`~kdlandmark.train.checkpoint.CheckpointError` (imported late: torch stays unloaded)."""
-    from kdlandmark.train.checkpoint import CheckpointError
-
-    return CheckpointError(path, problem)
-
-
-def _atomic_write(path: str | Path, data: bytes) -> None:
-    from kdlandmark.train.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
 
 
 def onnx_meta_path(onnx_path: str | Path) -> Path:
@@ -75,27 +67,10 @@ def onnx_meta_path(onnx_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def layout_from_meta(meta: dict, where: str | Path) -> Layout:
-    """The :class:`Layout` a checkpoint's or ONNX model's metadata names, checked against its point count."""
-    lay = meta.get("layout")
-    arch = meta.get("architecture") or {}
-    if isinstance(lay, dict):
-        name, num = lay.get("name"), lay.get("num_points", arch.get("num_points"))
-    elif isinstance(lay, str):
-        name, num = lay, arch.get("num_points")
-    else:
-        raise _error(where, f"metadata has no usable 'layout' entry ({lay!r})")
-    try:
-        layout = get_layout(name) if name else layout_for_points(int(num))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise _error(where, f"unknown layout {name!r} with {num} points ({exc})") from None
-    if num is not None and int(num) != layout.num_points:
-        raise _error(where, f"layout {layout.name!r} has {layout.num_points} points but the "
-                     f"metadata says {num}")
-    if arch.get("num_points") is not None and int(arch["num_points"]) != layout.num_points:
-        raise _error(where, f"architecture has {arch['num_points']} points, layout {layout.name!r} "
-                     f"{layout.num_points}")
-    return layout
+def _write_model(path: Path, data: bytes, meta: dict) -> None:
+    """The ``.onnx`` file and its JSON beside it, each written atomically."""
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(onnx_meta_path(path), (json.dumps(meta, indent=1) + "\n").encode())
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -142,47 +117,61 @@ def _with_metadata(data: bytes, meta: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def _export_meta(ckpt_meta: dict, ckpt_path: Path, *, input_size: int, precision: str, dynamic_batch: bool,
-                 batch: int, opset: int) -> dict:
-    arch = dict(ckpt_meta["architecture"])
-    n = int(arch["num_points"])
+def onnx_meta(meta: ModelMeta, source: str | Path, *, precision: str = "fp32", dynamic_batch: bool = True,
+              batch: int = 1, opset: int = DEFAULT_OPSET) -> dict:
+    """The metadata JSON of an ONNX export of the checkpoint ``source`` whose metadata is ``meta``."""
     b: int | str = "batch" if dynamic_batch else int(batch)
+    size = meta.input_size
     return {
         "format": ONNX_FORMAT,
         "version": ONNX_VERSION,
-        "layout": ckpt_meta["layout"],
-        "input_size": int(input_size),
-        "crop": ckpt_meta.get("crop"),
-        "normalisation": arch.get("normalisation"),
-        "architecture": arch,
-        "role": ckpt_meta.get("role"),
+        "layout": meta.layout.to_json(),
+        "input_size": size,
+        "crop": meta.raw.get("crop"),
+        "normalisation": meta.normalisation,
+        "architecture": dict(meta.architecture),
+        "role": meta.role,
         "precision": precision,
         "dynamic_batch": bool(dynamic_batch),
         "opset": int(opset),
-        "input": {"name": INPUT_NAME, "shape": [b, int(arch.get("in_chans", 3)), input_size, input_size],
+        "input": {"name": INPUT_NAME, "shape": [b, meta.in_chans, size, size],
                   "dtype": "float16" if precision == "fp16" else "float32",
                   "content": "RGB face crop scaled to [0, 1]: crop_affine(box, input_size, crop.margin), "
                              "divided by 255 (mean/std normalisation is inside the graph)"},
-        "output": {"name": OUTPUT_NAME, "shape": [b, n, 2],
-                   "coordinates": "model coordinates (p - (side - 1) / 2) / side of the input crop, "
-                                  "x then y"},
-        "source": {"checkpoint": str(ckpt_path),
-                   "weights_sha256": (ckpt_meta.get("weights") or {}).get("sha256"),
-                   "metrics": ckpt_meta.get("metrics") or {}},
+        "output": {"name": OUTPUT_NAME, "shape": [b, meta.num_points, 2],
+                   "coordinates": f"{MODEL_COORDINATES}, x then y"},
+        "source": {"checkpoint": str(source), "weights_sha256": meta.weights_sha256,
+                   "metrics": dict(meta.metrics)},
     }
 
 
-def _parity(model: Any, session: Any, input_size: int, *, fp16: bool, batch: int, dynamic_batch: bool,
-            layout: Layout, margin: float | None = None, seed: int = 0) -> dict:
-    """Max |ONNX - PyTorch| on random inputs and on synthetic face crops (when the renderer is there)."""
+def build_onnx(model: Any, meta: ModelMeta, *, source: str | Path, fp16: bool = False,
+               dynamic_batch: bool = True, batch: int = 1, opset: int = DEFAULT_OPSET
+               ) -> tuple[bytes, ModelMeta]:
+    """The ONNX model of ``model`` (a checkpoint's network and its ``meta``), built in memory.
+
+    Returns the serialised model, its metadata embedded in ``metadata_props``, and that metadata as a
+    :class:`ModelMeta`.  ``source``: the checkpoint the model came from (recorded).
+    """
+    data = json.loads(json.dumps(onnx_meta(meta, source, precision="fp16" if fp16 else "fp32",
+                                           dynamic_batch=dynamic_batch, batch=batch, opset=opset)))
+    graph = onnx_model_bytes(model, meta.input_size, fp16=fp16, dynamic_batch=dynamic_batch, batch=batch,
+                             opset=opset)
+    return _with_metadata(graph, data), ModelMeta.from_json(data, source, formats=(ONNX_FORMAT,))
+
+
+def _parity(model: Any, session: Any, meta: ModelMeta, *, fp16: bool, batch: int, dynamic_batch: bool,
+            seed: int = 0) -> dict:
+    """Max |ONNX - PyTorch| on random inputs and on synthetic face crops."""
     import torch
+
+    from kdlandmark.data.synth.sample_faces import synthetic_crops  # the renderer, only when checking
 
     rng = np.random.default_rng(seed)
     n = 3 if dynamic_batch else batch
-    xs = {"random": rng.random((n, 3, input_size, input_size), dtype=np.float32)}
-    faces = _synthetic_crops(layout, n, input_size, seed, margin=margin)
-    if faces is not None:
-        xs["synthetic_faces"] = faces
+    size = meta.input_size
+    xs = {"random": rng.random((n, 3, size, size), dtype=np.float32),
+          "synthetic_faces": synthetic_crops(meta.layout, n, size, seed, margin=meta.margin)}
     out: dict[str, float] = {}
     m = model.to("cpu").eval()
     dtype = np.float16 if fp16 else np.float32
@@ -192,29 +181,6 @@ def _parity(model: Any, session: Any, input_size: int, *, fp16: bool, batch: int
         got = session.run(None, {INPUT_NAME: x.astype(dtype)})[0].astype(np.float32)
         out[name] = float(np.abs(got - ref).max())
     return out
-
-
-def _synthetic_crops(layout: Layout, n: int, input_size: int, seed: int, margin: float | None = None
-                     ) -> np.ndarray | None:
-    """``(n, 3, S, S)`` float32 RGB synthetic face crops, cut as inference cuts them (None without synth)."""
-    try:
-        from kdlandmark.infer.bench import synthetic_faces
-    except ImportError:
-        return None
-    import cv2
-
-    from kdlandmark.data.crop import DEFAULT_MARGIN, crop_affine, landmark_box
-
-    try:
-        faces = synthetic_faces(layout, n, seed=seed, size=max(2 * input_size, 128))
-    except ImportError:
-        return None
-    crops = []
-    for img, lm in faces:
-        a = crop_affine(landmark_box(lm), input_size, DEFAULT_MARGIN if margin is None else margin)
-        c = cv2.warpAffine(img, a, (input_size, input_size), flags=cv2.INTER_LINEAR)
-        crops.append(c[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0)
-    return np.ascontiguousarray(np.stack(crops))
 
 
 def quantize_int8(src: str | Path, dst: str | Path, *, mode: str = "dynamic", calibration: int = 64) -> Path:
@@ -234,6 +200,7 @@ def quantize_int8(src: str | Path, dst: str | Path, *, mode: str = "dynamic", ca
         raise ValueError(f"int8 mode must be 'dynamic' or 'static', got {mode!r}")
     src, dst = Path(src), Path(dst)
     meta = read_onnx_meta(src)
+    data = dict(meta.raw)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     pre = dst.with_name(f".{dst.name}.pre-{os.getpid()}.onnx")
     root = logging.getLogger()
@@ -246,13 +213,11 @@ def quantize_int8(src: str | Path, dst: str | Path, *, mode: str = "dynamic", ca
             from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            size = int(meta["input_size"])
-            margin = float((meta.get("crop") or {}).get("margin", 0.15))
-            crops = _synthetic_crops(layout_from_meta(meta, src), calibration, size, 12345, margin=margin)
-            if crops is None:
-                raise RuntimeError("static int8 quantisation needs kdlandmark.data.synth (calibration faces)")
+            from kdlandmark.data.synth.sample_faces import synthetic_crops
+
+            crops = synthetic_crops(meta.layout, calibration, meta.input_size, 12345, margin=meta.margin)
             batches = [{INPUT_NAME: c[None]} for c in crops]
-            fixed = meta.get("input", {}).get("shape", [None])[0]
+            fixed = (data.get("input") or {}).get("shape", [None])[0]
             if isinstance(fixed, int) and fixed > 1:
                 batches = [{INPUT_NAME: crops[i:i + fixed]} for i in range(0, len(crops) - fixed + 1, fixed)]
 
@@ -272,14 +237,12 @@ def quantize_int8(src: str | Path, dst: str | Path, *, mode: str = "dynamic", ca
         for f in (tmp, pre):
             if f.exists():
                 f.unlink()
-    meta["precision"] = "int8"
-    meta["quantisation"] = ("onnxruntime quantize_dynamic: uint8 weights, activations quantised at run time"
+    data["precision"] = "int8"
+    data["quantisation"] = ("onnxruntime quantize_dynamic: uint8 weights, activations quantised at run time"
                             if mode == "dynamic" else
                             f"onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations "
                             f"calibrated on {calibration} synthetic faces")
-    data = _with_metadata(proto.SerializeToString(), meta)
-    _atomic_write(dst, data)
-    _atomic_write(onnx_meta_path(dst), (json.dumps(meta, indent=1) + "\n").encode())
+    _write_model(dst, _with_metadata(proto.SerializeToString(), data), data)
     return dst
 
 
@@ -299,75 +262,62 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, fp16: 
         check: run the exported model with ONNX Runtime and record the max abs difference to PyTorch
             (random and synthetic-face inputs) in the JSON; an fp32 difference above 1e-4 is an error.
     """
-    from kdlandmark.train.checkpoint import load_checkpoint, model_checkpoint_files
+    from kdlandmark.modelfile.checkpoint import load_checkpoint, model_checkpoint_files
 
     meta_path, _ = model_checkpoint_files(checkpoint)
     model, ckpt_meta = load_checkpoint(checkpoint, device="cpu")
-    layout = layout_from_meta(ckpt_meta, meta_path)
-    size = int(ckpt_meta["input_size"])
     folder = meta_path.parent
     out = Path(out) if out is not None else folder / ("model.fp16.onnx" if fp16 else "model.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
-    precision = "fp16" if fp16 else "fp32"
-    meta = _export_meta(ckpt_meta, folder, input_size=size, precision=precision, dynamic_batch=dynamic_batch,
-                        batch=batch, opset=opset)
-    data = _with_metadata(onnx_model_bytes(model, size, fp16=fp16, dynamic_batch=dynamic_batch, batch=batch,
-                                           opset=opset), meta)
+    data, meta = build_onnx(model, ckpt_meta, source=folder, fp16=fp16, dynamic_batch=dynamic_batch,
+                            batch=batch, opset=opset)
+    written = dict(meta.raw)
     result: dict[str, Any] = {"onnx": out, "json": onnx_meta_path(out)}
     if check:
-        session = onnx_session(data, where=out)
-        parity = _parity(model, session, size, fp16=fp16, batch=batch, dynamic_batch=dynamic_batch,
-                         layout=layout, margin=float((ckpt_meta.get("crop") or {}).get("margin", 0.15)))
-        meta["parity_max_abs_diff"] = parity
-        result["parity"] = parity
+        parity = _parity(model, onnx_session(data, where=out), ckpt_meta, fp16=fp16, batch=batch,
+                         dynamic_batch=dynamic_batch)
+        written["parity_max_abs_diff"] = result["parity"] = parity
         worst = max(parity.values())
         if not fp16 and worst >= 1e-4:
             raise RuntimeError(f"{out}: ONNX Runtime differs from PyTorch by {worst:.2e} (>= 1e-4): {parity}")
-    _atomic_write(out, data)
-    _atomic_write(onnx_meta_path(out), (json.dumps(meta, indent=1) + "\n").encode())
+    _write_model(out, data, written)
     if int8:
-        if fp16:           # quantise the fp32 graph, never the half one
-            fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.onnx")
-            _atomic_write(fp32, _with_metadata(onnx_model_bytes(model, size, dynamic_batch=dynamic_batch,
-                                                                     batch=batch, opset=opset),
-                                                    {**meta, "precision": "fp32"}))
-            _atomic_write(onnx_meta_path(fp32), json.dumps({**meta, "precision": "fp32"}).encode())
-            try:
-                int8_path = out.with_name(out.stem.replace(".fp16", "") + ".int8.onnx")
-                result["int8"] = quantize_int8(fp32, int8_path,
-                                               mode=int8_mode)
-            finally:
-                fp32.unlink(missing_ok=True)
-                onnx_meta_path(fp32).unlink(missing_ok=True)
-        else:
-            result["int8"] = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"), mode=int8_mode)
+        result["int8"] = _export_int8(model, ckpt_meta, folder, out, written, fp16=fp16, mode=int8_mode,
+                                      dynamic_batch=dynamic_batch, batch=batch, opset=opset)
     return result
 
 
-# ------------------------------------------------------------------------------------------------ loading
-def _json_file(path: Path) -> dict:
+def _export_int8(model: Any, ckpt_meta: ModelMeta, folder: Path, out: Path, written: dict, *, fp16: bool,
+                 mode: str, dynamic_batch: bool, batch: int, opset: int) -> Path:
+    """``<out stem>.int8.onnx``: the int8 quantisation of the fp32 graph (never of the half one)."""
+    if not fp16:
+        return quantize_int8(out, out.with_name(out.stem + ".int8.onnx"), mode=mode)
+    fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.onnx")
+    data, _ = build_onnx(model, ckpt_meta, source=folder, dynamic_batch=dynamic_batch, batch=batch,
+                         opset=opset)
+    meta32 = {**written, "precision": "fp32"}
+    _write_model(fp32, _with_metadata(data, meta32), meta32)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(path, f"cannot read JSON ({exc}); truncated or corrupt?") from exc
-    if not isinstance(data, dict):
-        raise _error(path, "expected a JSON object")
-    return data
+        return quantize_int8(fp32, out.with_name(out.stem.replace(".fp16", "") + ".int8.onnx"), mode=mode)
+    finally:
+        fp32.unlink(missing_ok=True)
+        onnx_meta_path(fp32).unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------------------------ loading
 def _parse_onnx(data: bytes, path: Path) -> Any:
     import onnx
     from google.protobuf.message import DecodeError
 
     if not data:
-        raise _error(path, "empty file")
+        raise CheckpointError(path, "empty file")
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise _error(path, f"not a readable ONNX model ({type(exc).__name__}: {exc}); truncated or "
-                     "corrupt?") from exc
+        raise CheckpointError(path, f"not a readable ONNX model ({type(exc).__name__}: {exc}); truncated "
+                                    "or corrupt?") from exc
     if not proto.graph.node or not proto.graph.input or not proto.graph.output:
-        raise _error(path, "not a usable ONNX model (empty graph); truncated or corrupt?")
+        raise CheckpointError(path, "not a usable ONNX model (empty graph); truncated or corrupt?")
     return proto
 
 
@@ -377,9 +327,9 @@ def _embedded_meta(proto: Any, path: Path) -> dict | None:
             try:
                 data = json.loads(prop.value)
             except json.JSONDecodeError as exc:
-                raise _error(path, f"metadata_props[{META_KEY!r}] is not JSON ({exc})") from exc
+                raise CheckpointError(path, f"metadata_props[{META_KEY!r}] is not JSON ({exc})") from exc
             if not isinstance(data, dict):
-                raise _error(path, f"metadata_props[{META_KEY!r}] is not a JSON object")
+                raise CheckpointError(path, f"metadata_props[{META_KEY!r}] is not a JSON object")
             return data
     return None
 
@@ -388,36 +338,29 @@ def _embedded_meta(proto: Any, path: Path) -> dict | None:
 _MUST_AGREE = ("layout", "input_size", "crop", "precision", "normalisation")
 
 
-def read_onnx_meta(path: str | Path) -> dict:
+def read_onnx_meta(path: str | Path) -> ModelMeta:
     """An exported model's metadata: ``model.onnx.json`` if present, checked against the embedded copy."""
     p = Path(path)
     if not p.is_file():
-        raise _error(p, "ONNX model file not found")
-    proto = _parse_onnx(p.read_bytes(), p)
-    return _resolve_meta(proto, p)
+        raise CheckpointError(p, "ONNX model file not found")
+    return _resolve_meta(_parse_onnx(p.read_bytes(), p), p)
 
 
-def _resolve_meta(proto: Any, p: Path) -> dict:
+def _resolve_meta(proto: Any, p: Path) -> ModelMeta:
     embedded = _embedded_meta(proto, p)
     side = onnx_meta_path(p)
-    sidecar = _json_file(side) if side.is_file() else None
+    sidecar = read_json(side) if side.is_file() else None
     if sidecar is None and embedded is None:
-        raise _error(p, f"no kdlandmark metadata: neither {side.name} nor "
-                     f"metadata_props[{META_KEY!r}]")
+        raise CheckpointError(p, f"no kdlandmark metadata: neither {side.name} nor "
+                                 f"metadata_props[{META_KEY!r}]")
     if sidecar is not None and embedded is not None:
         for key in _MUST_AGREE:
             if sidecar.get(key) != embedded.get(key):
-                raise _error(side, f"{key!r} is {sidecar.get(key)!r} here but {embedded.get(key)!r} in "
-                             f"{p.name}'s own metadata: the JSON belongs to another model")
-    meta = sidecar if sidecar is not None else embedded
-    assert meta is not None
-    where = side if sidecar is not None else p
-    if meta.get("format") != ONNX_FORMAT:
-        raise _error(where, f"not kdlandmark ONNX metadata (format {meta.get('format')!r})")
-    for key in ("layout", "input_size"):
-        if key not in meta:
-            raise _error(where, f"missing {key!r}")
-    return meta
+                raise CheckpointError(side, f"{key!r} is {sidecar.get(key)!r} here but {embedded.get(key)!r} "
+                                            f"in {p.name}'s own metadata: the JSON belongs to another model")
+    if sidecar is not None:
+        return ModelMeta.from_json(sidecar, side, formats=(ONNX_FORMAT,))
+    return ModelMeta.from_json(embedded, p, formats=(ONNX_FORMAT,))
 
 
 def _dims(value_info: Any) -> list[int | str | None]:
@@ -432,20 +375,20 @@ def _dims(value_info: Any) -> list[int | str | None]:
     return dims
 
 
-def _check_graph(proto: Any, meta: dict, path: Path, layout: Layout) -> None:
+def _check_graph(proto: Any, meta: ModelMeta, path: Path) -> None:
     """The graph's input and output shapes must be what the metadata says."""
-    size = int(meta["input_size"])
+    size, layout = meta.input_size, meta.layout
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise _error(path, f"expected one input and one output, found {len(inputs)} and "
-                     f"{len(proto.graph.output)}")
+        raise CheckpointError(path, f"expected one input and one output, found {len(inputs)} and "
+                                    f"{len(proto.graph.output)}")
     din, dout = _dims(inputs[0]), _dims(proto.graph.output[0])
     if len(din) != 4 or din[2:] != [size, size]:
-        raise _error(path, f"graph input shape {din} does not match input_size {size} of the metadata "
-                     "(expected [B, 3, S, S])")
+        raise CheckpointError(path, f"graph input shape {din} does not match input_size {size} of the "
+                                    "metadata (expected [B, 3, S, S])")
     if len(dout) != 3 or dout[1:] != [layout.num_points, 2]:
-        raise _error(path, f"graph output shape {dout} does not match the {layout.name} layout's "
-                     f"{layout.num_points} points of the metadata (expected [B, N, 2])")
+        raise CheckpointError(path, f"graph output shape {dout} does not match the {layout.name} layout's "
+                                    f"{layout.num_points} points of the metadata (expected [B, N, 2])")
 
 
 def onnx_session(model: bytes | str | Path, *, threads: int | None = None, providers: list[str] | None = None,
@@ -464,11 +407,11 @@ def onnx_session(model: bytes | str | Path, *, threads: int | None = None, provi
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own exception types
-        raise _error(where or "<onnx bytes>", f"ONNX Runtime cannot load the model: {exc}") from exc
+        raise CheckpointError(where or "<onnx bytes>", f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
 def load_onnx(path: str | Path, *, layout: Layout | str | None = None, threads: int | None = None,
-              providers: list[str] | None = None) -> tuple[Any, dict]:
+              providers: list[str] | None = None) -> tuple[Any, ModelMeta]:
     """Open an exported model; returns ``(onnxruntime session, metadata)``.
 
     Checks, each failure a :class:`CheckpointError` naming the file: the file parses as ONNX, its
@@ -478,59 +421,11 @@ def load_onnx(path: str | Path, *, layout: Layout | str | None = None, threads: 
     """
     p = Path(path)
     if not p.is_file():
-        raise _error(p, "ONNX model file not found")
+        raise CheckpointError(p, "ONNX model file not found")
     data = p.read_bytes()
     proto = _parse_onnx(data, p)
     meta = _resolve_meta(proto, p)
-    lay = layout_from_meta(meta, onnx_meta_path(p) if onnx_meta_path(p).is_file() else p)
-    if layout is not None:
-        want = get_layout(layout) if isinstance(layout, str) else layout
-        if want.name != lay.name or want.num_points != lay.num_points:
-            raise _error(p, f"model is for layout {lay.name!r} ({lay.num_points} points) but layout "
-                         f"{want.name!r} ({want.num_points} points) is needed")
-    _check_graph(proto, meta, p, lay)
+    meta.check_layout(layout, p)
+    _check_graph(proto, meta, p)
     del proto
     return onnx_session(data, threads=threads, providers=providers, where=p), meta
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark export``."""
-    parser.add_argument("--model", type=Path, required=True,
-                        help="checkpoint folder (model.json + model.safetensors)")
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
-    parser.add_argument("--out", type=Path, default=None, help="output .onnx (default: CKPT/model.onnx)")
-    parser.add_argument("--fp16", action="store_true", help="half-precision weights and input (GPU runtimes)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: --batch)")
-    parser.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic-batch")
-    parser.add_argument("--int8", action="store_true",
-                        help="also write a dynamically quantised int8 model and measure its NME change")
-    parser.add_argument("--int8-mode", choices=["dynamic", "static"], default="dynamic",
-                        help="dynamic: quantize_dynamic (no data); static: QDQ calibrated on synthetic faces")
-    parser.add_argument("--int8-eval", type=int, default=200, metavar="N",
-                        help="synthetic test faces for the int8 NME comparison (0: skip)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
-
-
-def export_main(args: argparse.Namespace) -> int:
-    """``kdlandmark export``: write the ONNX model(s), print paths, parity and the int8 NME change."""
-    res = export_onnx(args.model, args.out, fp16=args.fp16, dynamic_batch=args.dynamic_batch, int8=args.int8,
-                      int8_mode=args.int8_mode, batch=args.batch, opset=args.opset, check=not args.no_check)
-    print(f"onnx     : {res['onnx']} ({Path(res['onnx']).stat().st_size / 1e6:.2f} MB)")
-    print(f"metadata : {res['json']}")
-    if "parity" in res:
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in res["parity"].items())
-        print(f"parity   : max |onnxruntime - torch| {diffs}")
-    if "int8" in res:
-        print(f"int8     : {res['int8']} ({Path(res['int8']).stat().st_size / 1e6:.2f} MB)")
-        if args.int8_eval > 0:
-            from kdlandmark.infer.bench import compare_nme
-
-            ref = res["onnx"] if not args.fp16 else None
-            cmp = compare_nme(ref or args.model, res["int8"], count=args.int8_eval)
-            print(f"int8 NME : {cmp['nme_int8'] * 100:.3f} % vs {cmp['nme_ref'] * 100:.3f} % "
-                  f"({cmp['reference']}) "
-                  f"on {cmp['faces']} synthetic faces: change {cmp['nme_change'] * 100:+.3f} points; "
-                  f"mean landmark shift {cmp['mean_shift_px']:.3f} px")
-    return 0

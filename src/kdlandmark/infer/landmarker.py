@@ -33,16 +33,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kdlandmark.data.crop import (
-    DEFAULT_MARGIN,
-    apply_affine,
-    crop_affine,
-    from_model_coords,
-    invert_affine,
-)
+from kdlandmark.data.crop import apply_affine, crop_affine, from_model_coords, invert_affine
 from kdlandmark.infer.detect import Box, DetectorFn, check_detections, make_detector
-from kdlandmark.infer.export import layout_from_meta
+from kdlandmark.infer.export import INPUT_NAME, build_onnx, load_onnx, onnx_session
 from kdlandmark.layouts import Layout
+from kdlandmark.modelfile.meta import ModelMeta
 
 __all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike"]
 
@@ -119,8 +114,6 @@ class OnnxRunner:
     """Runs an ONNX Runtime session; a fixed-batch graph is fed in chunks (the last one padded)."""
 
     def __init__(self, session: Any) -> None:
-        from kdlandmark.infer.export import INPUT_NAME
-
         self.session = session
         inp = session.get_inputs()[0]
         self.input_name = inp.name if inp.name else INPUT_NAME
@@ -154,7 +147,7 @@ class Landmarker:
 
     Args:
         runner: ``runner(x)`` maps ``(B, 3, S, S)`` float32 RGB ``[0, 1]`` to ``(B, N, 2)`` model coords.
-        meta: the model's metadata (checkpoint ``model.json`` or ONNX ``model.onnx.json``).
+        meta: the model's metadata (checkpoint ``model.json`` or ONNX ``model.onnx.json``, parsed).
         source: file or folder the model came from (named in errors).
         detector: ``"auto"``/``"haar"`` (OpenCV Haar cascade), ``"full"`` (each image is one pre-cropped
             face), ``None`` (boxes must be given), or a callable ``detector(image_bgr) -> [(box, score)]``
@@ -170,19 +163,16 @@ class Landmarker:
             leaves OpenCV's setting alone.
     """
 
-    def __init__(self, runner: Callable[[np.ndarray], np.ndarray], meta: dict, *,
+    def __init__(self, runner: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, *,
                  source: str | Path = "<model>", detector: str | DetectorFn | None = "auto",
                  batch_size: int = 16, min_score: float | None = None, max_faces: int | None = None,
                  antialias: bool = True, cv2_threads: int | None = 1) -> None:
         self.runner = runner
         self.meta = meta
         self.source = str(source)
-        self.layout: Layout = layout_from_meta(meta, self.source)
-        self.input_size = int(meta["input_size"])
-        crop = meta.get("crop") or {}
-        self.margin = float(crop.get("margin", DEFAULT_MARGIN)) if isinstance(crop, dict) else DEFAULT_MARGIN
-        if self.input_size <= 0 or not 0.0 <= self.margin < 10:
-            raise ValueError(f"{self.source}: bad input_size {self.input_size} or crop margin {self.margin}")
+        self.layout: Layout = meta.layout
+        self.input_size = meta.input_size
+        self.margin = meta.margin
         self._detector_spec = detector
         self._detector: DetectorFn | None = None
         self.batch_size = max(1, int(batch_size))
@@ -218,7 +208,7 @@ class Landmarker:
             **kwargs: ``min_score``, ``max_faces``, ``antialias``, ``cv2_threads`` (see the class).
 
         Loading never executes code (safetensors, JSON, ONNX protobuf); malformed, truncated or
-        mismatched files raise :class:`~kdlandmark.train.checkpoint.CheckpointError` naming the file.
+        mismatched files raise :class:`~kdlandmark.errors.CheckpointError` naming the file.
         """
         p = Path(path)
         if backend not in ("torch", "onnx"):
@@ -229,7 +219,7 @@ class Landmarker:
         else:
             if p.suffix == ".onnx":
                 raise ValueError(f"{p}: an ONNX model needs backend='onnx'")
-            from kdlandmark.train.checkpoint import load_checkpoint
+            from kdlandmark.modelfile.checkpoint import load_checkpoint
 
             if threads:
                 import torch
@@ -358,28 +348,21 @@ def _as_detections(given: BoxesLike, where: str) -> list[tuple[Box, float]]:
     return check_detections(given, where)
 
 
-def _open_onnx_for(path: Path, layout: Layout | str | None, threads: int | None) -> tuple[Any, dict, Path]:
+def _open_onnx_for(path: Path, layout: Layout | str | None, threads: int | None
+                   ) -> tuple[Any, ModelMeta, Path]:
     """ONNX session for an ``.onnx`` file, or for a checkpoint (its own export, or one made in memory)."""
-    from kdlandmark.infer.export import load_onnx
-
     if path.suffix == ".onnx":
         session, meta = load_onnx(path, layout=layout, threads=threads)
         return session, meta, path
-    from kdlandmark.train.checkpoint import load_checkpoint, model_checkpoint_files, read_model_meta
+    from kdlandmark.modelfile.checkpoint import load_checkpoint, model_checkpoint_files, read_model_meta
 
     meta_path, _ = model_checkpoint_files(path)
     ckpt_meta = read_model_meta(meta_path)
-    sha = (ckpt_meta.get("weights") or {}).get("sha256")
     exported = meta_path.parent / "model.onnx"
-    if exported.is_file() and sha:
+    if exported.is_file() and ckpt_meta.weights_sha256:
         session, meta = load_onnx(exported, layout=layout, threads=threads)
-        if (meta.get("source") or {}).get("weights_sha256") == sha and meta.get("precision") == "fp32":
+        if meta.weights_sha256 == ckpt_meta.weights_sha256 and meta.precision == "fp32":
             return session, meta, exported
-    from kdlandmark.infer.export import _export_meta, onnx_model_bytes, onnx_session
-
     model, ckpt_meta = load_checkpoint(path, device="cpu", layout=layout)
-    size = int(ckpt_meta["input_size"])
-    data = onnx_model_bytes(model, size, dynamic_batch=True)
-    meta = _export_meta(ckpt_meta, meta_path.parent, input_size=size, precision="fp32", dynamic_batch=True,
-                        batch=1, opset=17)
+    data, meta = build_onnx(model, ckpt_meta, source=meta_path.parent)
     return onnx_session(data, threads=threads, where=meta_path), meta, meta_path.parent

@@ -2,7 +2,7 @@
 
 For each image: ``<out>/<name>.json`` (faces: box, score, layout, landmarks in image pixels), unless
 ``--json-only`` an annotated copy ``<out>/<name>.<ext>`` (landmarks drawn with
-:func:`kdlandmark.evaluate.draw.draw_landmarks`, boxes with ``--show-box``), and with ``--pts`` (default
+:func:`kdlandmark.draw.draw_landmarks`, boxes with ``--show-box``), and with ``--pts`` (default
 on for layouts whose benchmark ships ``.pts`` files, i.e. 300W) one 1-based ``.pts`` file per face:
 ``<name>.pts`` for the first face, ``<name>_1.pts``, ``<name>_2.pts`` ... for the others.
 
@@ -11,7 +11,8 @@ Folders are read recursively (image extensions below), outputs mirror the sub-fo
 ``<name>.json`` (one entry per frame) and, unless ``--json-only``, an annotated ``<name>.mp4``.
 
 Unreadable files are reported on stderr as they are met and skipped; the command then ends with exit
-status 1 and a summary naming them.  Nothing is skipped silently.
+status 1 and a summary naming them (status 2 when no input could be processed at all).  Nothing is
+skipped silently.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 from kdlandmark.data.samples import DatasetError
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "PTS_LAYOUTS", "collect_inputs", "annotate",
-           "example_figure",            "add_predict_arguments", "predict_main", "predict_files"]
+           "example_figure",
+           "read_boxes_table", "predict_main", "predict_files"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -69,7 +71,7 @@ def annotate(image_bgr: np.ndarray, faces: Sequence[Any], *, show_box: bool = Fa
     """A copy of the image with each face's landmarks (and box) drawn."""
     import cv2
 
-    from kdlandmark.evaluate.draw import draw_landmarks
+    from kdlandmark.draw import draw_landmarks
 
     out = image_bgr
     for face in faces:
@@ -242,29 +244,7 @@ def predict_files(lmk: Any, inputs: Sequence[str | Path], out: str | Path, *, ar
     return stats
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``kdlandmark predict``."""
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO", help="images, folders or videos")
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint folder or exported .onnx")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                        help="default: onnx for a .onnx model, torch otherwise")
-    parser.add_argument("--device", default="cpu", help="PyTorch device (cpu, cuda)")
-    parser.add_argument("--detector", default="auto",
-                        help="auto/haar: OpenCV Haar cascade; full: each image is one pre-cropped face")
-    parser.add_argument("--boxes", type=Path, default=None,
-                        help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
-    parser.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")
-    parser.add_argument("--max-faces", type=int, default=None, help="at most this many faces per image")
-    parser.add_argument("--batch", type=int, default=16, help="images (or video frames) per batch")
-    parser.add_argument("--show-box", action="store_true", help="draw face boxes and scores too")
-    parser.add_argument("--json-only", action="store_true", help="write JSON (and .pts) only, no pictures")
-    parser.add_argument("--pts", dest="pts", action="store_true", default=None,
-                        help="write 1-based .pts files (default: on for the 300w layout)")
-    parser.add_argument("--no-pts", dest="pts", action="store_false", help="do not write .pts files")
-
-
+# ------------------------------------------------------------------------------------------------ command
 def read_boxes_table(path: Path) -> dict[str, list]:
     """Face boxes from a JSON file ``{image name or relative path: [[x0, y0, x1, y1], ...]}``."""
     try:
@@ -277,7 +257,8 @@ def read_boxes_table(path: Path) -> dict[str, list]:
 
 
 def predict_main(args: argparse.Namespace) -> int:
-    """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read."""
+    """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read, 2 when
+    none could (or the model or the boxes file is bad: those raise, and the command line reports them)."""
     from kdlandmark.infer.detect import DetectorUnavailable
     from kdlandmark.infer.landmarker import Landmarker
 
@@ -305,6 +286,9 @@ def predict_main(args: argparse.Namespace) -> int:
         print(f"predict: {len(stats['problems'])} input(s) could not be processed:", file=sys.stderr)
         for path, why in stats["problems"]:
             print(f"  {path}: {why}", file=sys.stderr)
+        if not stats["images"] and not stats["videos"]:
+            print("error: no input could be processed (the problems are listed above)", file=sys.stderr)
+            return 2
         return 1
     return 0
 
@@ -321,7 +305,7 @@ def example_figure(model: str | Path, out: str | Path, *, count: int = 6, seed: 
     import cv2
 
     from kdlandmark.data.synth import render_face
-    from kdlandmark.evaluate.draw import image_grid
+    from kdlandmark.draw import image_grid
     from kdlandmark.evaluate.metrics import nme_per_image
     from kdlandmark.infer.landmarker import Landmarker
 

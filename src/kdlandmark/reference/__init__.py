@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["PublishedResult", "load_published", "published_results", "paper_info"]
+__all__ = ["PublishedResult", "load_published", "published_results"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,3 @@ def published_results(dataset: str | None = None, *, roles: tuple[str, ...] | No
     if roles is not None:
         rows = [r for r in rows if r.role in roles]
     return rows
-
-
-def paper_info() -> dict:
-    """Citation, arXiv id, code URL and the student's name of the paper."""
-    return dict(load_published()["paper"])

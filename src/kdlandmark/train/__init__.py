@@ -1,4 +1,6 @@
-"""Training: one engine for the teachers and the students, crash-safe checkpoints without pickle.
+"""Training: one engine for the teachers and the students (:mod:`.trainer`), with its distributed
+context (:mod:`.distributed`), data tensors (:mod:`.tensors`), checkpoints and resume
+(:mod:`.checkpoint`) and logs (:mod:`.logs`).  Model files themselves are :mod:`kdlandmark.modelfile`.
 
 Heavy imports (torch, timm) happen on first use, so ``import kdlandmark.train`` stays cheap.
 """
@@ -7,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Trainer", "train", "train_main", "load_checkpoint", "CheckpointError"]
+__all__ = ["Trainer", "train", "train_main"]
 
 _LAZY = {
     "Trainer": "kdlandmark.train.trainer",
     "train": "kdlandmark.train.trainer",
     "train_main": "kdlandmark.train.trainer",
-    "load_checkpoint": "kdlandmark.train.checkpoint",
-    "CheckpointError": "kdlandmark.train.checkpoint",
 }
 
 

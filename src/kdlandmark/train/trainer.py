@@ -12,40 +12,38 @@ kd         hard landmarks                 KD-Loss with both frozen teachers' pre
                                           its first ``kd.l2_warmup_epochs``, 0 by default)
 =========  ============================  =====================================================
 
-Data path (no DataLoader): the training split's uint8 crops are read once into one tensor (on the
-GPU when they fit easily, else in host memory and copied per batch through a pinned staging buffer,
-``non_blocking``).  Each epoch draws one permutation from a seeded ``torch.Generator``; every step
-takes the next global batch from it, each DDP process its own contiguous shard.  The batch is
-augmented on the device by :class:`~kdlandmark.data.augment.BatchAugmenter` (one transform for hard
-and soft landmarks); KD teachers predict on the very same augmented images.
+This module keeps the loop; its helpers have their own modules: :mod:`.distributed` (device, DDP),
+:mod:`.tensors` (the data split as tensors, batches fetched without a DataLoader), :mod:`.checkpoint`
+(``best/`` and ``last/``, exact resume) and :mod:`.logs` (``metrics.csv``, TensorBoard, console).
 
-Step: bf16 autocast on CUDA, channels_last, optional ``torch.compile``, gradient clipping, optional
-EMA of the weights; loss terms are accumulated on the device and read once per epoch (and every
-``log_every`` steps for the progress bar), so the GPU is never stalled by per-step ``.item()``.
+Each epoch draws one permutation from a seeded ``torch.Generator``; every step takes the next global
+batch from it, each DDP process its own contiguous shard.  :meth:`Trainer.train_step` is the whole
+step: fetch, augment on the device (:class:`~kdlandmark.data.augment.BatchAugmenter`, one transform for
+hard and soft landmarks), the teachers' predictions on the very same augmented images (KD), bf16
+autocast on CUDA, channels_last, optional ``torch.compile``, gradient clipping, optional EMA of the
+weights.  Loss terms are accumulated on the device and read once per epoch (and every ``log_every``
+steps for the progress bar), so the GPU is never stalled by per-step ``.item()``.
 
-Every epoch: validation NME (mean point error over the layout's inter-ocular distance) on the
-validation split, ``metrics.csv`` and TensorBoard rows, ``best/`` (best validation NME) and ``last/``
-checkpoints.  ``resume=True`` continues from ``last/`` exactly (weights, optimiser, scheduler, epoch,
-every RNG and the data order).  Multi-GPU / multi-node with ``torchrun`` (DDP), see docs/TRAINING.md.
+Every epoch: validation NME (:func:`kdlandmark.evaluate.metrics.nme_per_image`, normalised by the
+layout's inter-ocular distance) on the validation split, ``metrics.csv`` and TensorBoard rows,
+``best/`` (best validation NME) and ``last/`` checkpoints.  ``resume=True`` continues from ``last/``
+exactly (weights, optimiser, scheduler, epoch, every RNG and the data order).  Multi-GPU / multi-node
+with ``torchrun`` (DDP), see docs/TRAINING.md.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime as _dt
 import math
-import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -55,106 +53,30 @@ from kdlandmark.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    load_train_config,
     save_config,
     train_config,
 )
 from kdlandmark.data.augment import BatchAugmenter
+from kdlandmark.data.store import view_scale
+from kdlandmark.evaluate.metrics import nme_per_image
 from kdlandmark.losses import kd_loss, l2_loss
+from kdlandmark.modelfile.checkpoint import load_checkpoint
 from kdlandmark.models import LandmarkRegressor, count_parameters
-from kdlandmark.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    MODEL_META,
-    MODEL_WEIGHTS,
-    STATE_META,
-    STATE_TENSORS,
-    CheckpointError,
-    flatten_optimizer_state,
-    generator_state,
-    load_checkpoint,
-    load_state_dict_file,
-    model_meta,
-    read_training_state,
-    resolve_checkpoint_dir,
-    rng_state,
-    set_generator_state,
-    set_rng_state,
-    unflatten_optimizer_state,
-    write_checkpoint_dir,
-)
+from kdlandmark.train import checkpoint as ckpt
+from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_backends, pick_device
+from kdlandmark.train.logs import RunLog
+from kdlandmark.train.tensors import fetch, load_training_tensors
 
-__all__ = ["Trainer", "train", "train_main", "DistContext"]
+__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-# --------------------------------------------------------------------------------------------- distributed
-@dataclasses.dataclass
-class DistContext:
-    """Process rank and world size (1 process unless launched by torchrun with WORLD_SIZE > 1)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device_type: str) -> DistContext:
-        """Join the process group described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        owns = False
-        if not dist.is_initialized():
-            backend = "nccl" if device_type == "cuda" else "gloo"
-            if device_type == "cuda":
-                torch.cuda.set_device(local)
-            dist.init_process_group(backend=backend, init_method="env://",
-                                    timeout=_dt.timedelta(minutes=30))
-            owns = True
-        return cls(rank=rank, local_rank=local, world_size=world, owns_group=owns)
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-
-def _pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but CUDA is not available")
-    return dev
-
-
-def _open_prepared(root: str | Path) -> Any:
-    from kdlandmark.data.store import PreparedSet
-
-    return PreparedSet(root)
+#: ``mark(phase)`` is called after each phase of a step (``kdlandmark bench train`` times them).
+Mark = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------- schedule
-def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int, restart_epoch: int = 0) -> Any:
+def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int, restart_epoch: int = 0) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at optimiser step ``s`` (0-based), warm-up included.
 
     ``restart_epoch > 0``: the optimiser starts afresh there (the KD student's switch from its L2
@@ -201,8 +123,90 @@ def _set_train_mode(model: nn.Module, batchnorm: str) -> None:
                 m.eval()
 
 
-def _b2s(x: float) -> str:
-    return f"{x:.6g}"
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 -- seeds code that uses the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def _open_prepared(root: str | Path) -> Any:
+    from kdlandmark.data.store import PreparedSet
+
+    return PreparedSet(root)
+
+
+def load_teachers(cfg: TrainConfig, device: torch.device, layout: Any) -> dict[str, nn.Module]:
+    """The two frozen teachers of role ``kd`` (``teachers.tough``, ``teachers.tolerant``) on ``device``.
+
+    Each keeps its own input size (``teacher.input_size``): a teacher may see a resized view.
+    """
+    teachers: dict[str, nn.Module] = {}
+    for name in ("tough", "tolerant"):
+        path = getattr(cfg.teachers, name)
+        if not path:
+            raise ValueError(f"role 'kd' needs teachers.{name} (the {name} teacher's checkpoint folder)")
+        teacher, meta = load_checkpoint(path, device=device, layout=layout)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+        if cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        teacher.input_size = meta.input_size  # type: ignore[assignment]
+        teachers[name] = teacher
+    return teachers
+
+
+def build_student(cfg: TrainConfig, num_points: int, device: torch.device, dist: DistContext
+                  ) -> tuple[nn.Module, torch.optim.swa_utils.AveragedModel | None, nn.Module]:
+    """The network being trained, its EMA copy (``optim.ema_decay``) and the module the steps run (DDP,
+    ``torch.compile``)."""
+    model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points, pretrained=cfg.model.pretrained,
+                                         dropout=cfg.model.dropout)
+    if cfg.batchnorm == "sync" and dist.enabled:
+        if device.type != "cuda":
+            raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+                             "use 'frozen' or 'train'")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.optim.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    train_model: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    return model, ema, train_model
+
+
+def _open_run(trainer: Trainer) -> RunLog:
+    """Resume (``cfg.resume``) or refuse a folder that holds a run; write the config; open the log."""
+    cfg = trainer.cfg
+    resumed = ckpt.resume(trainer) if cfg.resume else False
+    if not cfg.resume and ckpt.has_training_state(trainer.out):
+        raise FileExistsError(f"{trainer.out}: already holds a training checkpoint (last/); pass "
+                              "resume=true to continue it or choose another output folder")
+    if trainer.dist.is_main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, trainer.out / "config.yaml",
+                    extra={"world_size": trainer.dist.world_size, "device": str(trainer.device),
+                           "resumed_at_epoch": trainer.epoch if resumed else None})
+    log = RunLog(trainer.out, main=trainer.dist.is_main, tensorboard=cfg.tensorboard,
+                 resumed_at=trainer.epoch if resumed else None)
+    if resumed:
+        log.say(f"resumed {trainer.out} at epoch {trainer.epoch} (step {trainer.step})")
+    else:
+        log.say(f"training {cfg.role}: {cfg.model.backbone} ({count_parameters(trainer.model):,} "
+                f"parameters), {trainer.n_train} train / {trainer.n_val} val images, "
+                f"{trainer.steps_per_epoch} steps x {trainer.world_batch} per epoch on "
+                f"{trainer.dist.world_size} x {trainer.device}")
+    return log
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -218,22 +222,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, prepared: Any = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = _pick_device(cfg.device)
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.set_float32_matmul_precision("high")
+        self.device = pick_device(cfg.device)
+        configure_backends(self.device, cfg.deterministic)
         self.dist = DistContext.from_env(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if use_amp else None
-        if self.amp_dtype is not None and self.device.type != "cuda":
-            raise ValueError("amp 'bf16' needs a CUDA device; use amp 'off' (or 'auto') on CPU")
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
 
         # ---- data
         self.prepared = prepared if prepared is not None else _open_prepared(cfg.data)
@@ -241,8 +235,8 @@ class Trainer:
         if cfg.train_split not in self.prepared.split_names:
             raise ValueError(f"{cfg.data}: no split {cfg.train_split!r} "
                              f"(splits: {self.prepared.split_names})")
-        self._load_data()
-        self.view_scale = (1 + 2 * self.prepared.margin) / (1 + 2 * self.prepared.context_margin)
+        self.data = load_training_tensors(cfg, self.prepared, self.device)
+        self.view_scale = view_scale(self.prepared.margin, self.prepared.context_margin)
         self.augmenter = BatchAugmenter(self.layout, self.prepared.size, cfg.model.input_size,
                                         self.view_scale, cfg.augment)
         self.world_batch = cfg.optim.batch_size * self.dist.world_size
@@ -252,161 +246,83 @@ class Trainer:
                              f"{self.dist.world_size} processes) exceeds the {self.n_train} training images")
 
         # ---- model (identical initial weights on every rank: seeded before construction)
-        self._seed_everything(cfg.seed)
-        model = LandmarkRegressor(cfg.model.backbone, self.layout.num_points, pretrained=cfg.model.pretrained,
-                                  dropout=cfg.model.dropout)
-        if cfg.batchnorm == "sync" and self.dist.enabled:
-            if self.device.type != "cuda":
-                raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
-                                 "use 'frozen' or 'train'")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.ema: torch.optim.swa_utils.AveragedModel | None = None
-        if cfg.optim.ema_decay is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
-                                     use_buffers=True)
-        train_model: nn.Module = model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            train_model = torch.compile(train_model)  # type: ignore[assignment]
-        self.train_model = train_model
-
+        _seed_everything(cfg.seed)
+        self.model, self.ema, self.train_model = build_student(cfg, self.layout.num_points, self.device,
+                                                               self.dist)
         # ---- teachers (before the per-rank seeding below: building them draws random numbers, and a
         # KD student must see the same dropout and augmentation as the L2 baseline of the same seed)
-        self.teachers: dict[str, nn.Module] = {}
-        if cfg.role == "kd":
-            self._load_teachers()
+        self.teachers = load_teachers(cfg, self.device, self.layout) if cfg.role == "kd" else {}
 
         # per-rank streams of randomness after the shared initialisation (dropout, augmentation)
-        self._seed_everything(cfg.seed + 7919 * (self.dist.rank + 1))
+        _seed_everything(cfg.seed + 7919 * (self.dist.rank + 1))
         self.data_gen = torch.Generator()
         self.data_gen.manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(cfg.seed * 1000 + 17 + self.dist.rank)
 
         # ---- optimisation
-        self.optimizer = _make_optimizer(list(model.parameters()), cfg.optim)
+        self.optimizer = _make_optimizer(list(self.model.parameters()), cfg.optim)
         # the KD student's switch from its L2 warm-up to KD-Loss (0: KD-Loss from the start)
         self.kd_start_epoch = cfg.kd.l2_warmup_epochs if cfg.role == "kd" else 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor_fn(cfg.optim, self.steps_per_epoch, restart_epoch=self.kd_start_epoch))
         self.epoch = 0
-        self.step = 0
+        self.step = 0            # optimiser steps taken
         self.best_metric = math.inf
         self.best_epoch = -1
         self.history: list[dict] = []
 
-    # ----------------------------------------------------------------------------------------- setup
-    def _seed_everything(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % (2**32))  # noqa: NPY002 -- seeds code that uses the legacy global RNG
-        torch.manual_seed(seed)
+    # ----------------------------------------------------------------------------------------- data
+    @property
+    def n_train(self) -> int:
+        return self.data.n_train
 
-    def _load_data(self) -> None:
-        cfg, ps = self.cfg, self.prepared
-        split = ps.split(cfg.train_split)
-        n_all = len(split)
-        need_soft = cfg.role == "tolerant"
-        if need_soft and split.soft_landmarks is None:
-            raise ValueError(f"{cfg.data}: split {cfg.train_split!r} has no soft landmarks, which the "
-                             "Tolerant-Teacher trains on; run the ASM (soft landmarks) stage first")
-        order = np.random.default_rng(cfg.seed).permutation(n_all)
-        if cfg.val_split is not None:
-            if cfg.val_split not in ps.split_names:
-                raise ValueError(f"{cfg.data}: no validation split {cfg.val_split!r} "
-                                 f"(splits: {ps.split_names})")
-            train_idx = np.arange(n_all)
-            vsplit = ps.split(cfg.val_split)
-            val_idx = np.random.default_rng(cfg.seed + 1).permutation(len(vsplit))
-        else:
-            vsplit = split
-            n_val = int(round(n_all * cfg.val_fraction))
-            if cfg.val_fraction > 0:
-                n_val = max(1, n_val)
-            val_idx, train_idx = order[:n_val], np.sort(order[n_val:])
-        if cfg.num_val is not None:
-            val_idx = val_idx[: cfg.num_val]
-        val_idx = np.sort(val_idx)
-        if need_soft and len(val_idx) and vsplit.soft_landmarks is None:
-            raise ValueError(f"{cfg.data}: validation split {cfg.val_split!r} has no soft landmarks")
+    @property
+    def n_val(self) -> int:
+        return self.data.n_val
 
-        def take(arr: Any, idx: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(np.asarray(arr[idx]))
+    @property
+    def train_hard(self) -> torch.Tensor:
+        return self.data.train_hard
 
-        self.n_train = int(len(train_idx))
-        train_images = torch.from_numpy(take(split.images, train_idx))
-        val_images = torch.from_numpy(take(vsplit.images, val_idx)) if len(val_idx) else None
-        on_device = cfg.data_on_device
-        if on_device is None:
-            on_device = False
-            if self.device.type == "cuda":
-                free, _total = torch.cuda.mem_get_info(self.device)
-                total_bytes = train_images.numel() + (val_images.numel() if val_images is not None else 0)
-                on_device = total_bytes < 0.25 * free
-        self.data_on_device = bool(on_device) and self.device.type == "cuda"
-        store = self.device if self.data_on_device else torch.device("cpu")
-        self.train_images = train_images.to(store)
-        self.val_images = val_images.to(store) if val_images is not None else None
-        dev = self.device
-        self.train_hard = torch.from_numpy(take(split.landmarks, train_idx)).float().to(dev)
-        self.train_soft = (torch.from_numpy(take(split.soft_landmarks, train_idx)).float().to(dev)
-                           if need_soft else None)
-        self.n_val = int(len(val_idx))
-        if self.n_val:
-            hard = take(vsplit.landmarks, val_idx).astype(np.float32)
-            self.val_hard = torch.from_numpy(hard).to(dev)
-            self.val_soft = (torch.from_numpy(take(vsplit.soft_landmarks, val_idx)).float().to(dev)
-                             if need_soft else None)
-            # normaliser in model coordinates: the eval view only scales stored pixels by 1/(view*S)
-            view = (1 + 2 * ps.margin) / (1 + 2 * ps.context_margin) * ps.size
-            norm = np.asarray(self.layout.normaliser(hard), dtype=np.float64) / view
-            if not np.all(np.isfinite(norm)) or np.any(norm <= 0):
-                bad = int(np.flatnonzero(~(norm > 0))[0]) if np.any(~(norm > 0)) else -1
-                raise ValueError(f"{cfg.data}: validation face {bad} has a zero normalising distance")
-            self.val_norm = torch.from_numpy(norm.astype(np.float32)).to(dev)
+    @property
+    def train_soft(self) -> torch.Tensor | None:
+        return self.data.train_soft
 
-    def _load_teachers(self) -> None:
-        cfg = self.cfg
-        for name in ("tough", "tolerant"):
-            path = getattr(cfg.teachers, name)
-            if not path:
-                raise ValueError(f"role 'kd' needs teachers.{name} (the {name} teacher's checkpoint folder)")
-            teacher, meta = load_checkpoint(path, device=self.device, layout=self.layout)
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            teacher.eval()
-            if cfg.channels_last:
-                teacher.to(memory_format=torch.channels_last)
-            teacher.input_size = int(meta["input_size"])  # type: ignore[assignment]
-            self.teachers[name] = teacher
-
-    # ----------------------------------------------------------------------------------------- batches
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _fetch(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``idx`` of ``images`` on the training device."""
-        if images.device == self.device:
-            return images.index_select(0, idx.to(self.device, non_blocking=True))
-        if self.device.type != "cuda":
-            return images.index_select(0, idx)
-        # host -> GPU through a pinned staging buffer, so that the copy is asynchronous (the caching
-        # host allocator does not hand the buffer out again before the copy has finished)
-        buf = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
-        torch.index_select(images, 0, idx, out=buf)
-        return buf.to(self.device, non_blocking=True)
+    # ----------------------------------------------------------------------------------------- the step
+    def batch(self, idx: torch.Tensor, mark: Mark | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Augmented input batch and its targets (model coords) for training-set rows ``idx``.
 
-    def _teacher_predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ``mark``: called with ``"data_wait"`` once the images are on the device and ``"augmentation"``
+        once the batch is ready.
+        """
+        images = fetch(self.data.train_images, idx, self.device)
+        if mark is not None:
+            mark("data_wait")
+        idx_dev = idx.to(self.device, non_blocking=True)
+        lms = [self.data.train_hard.index_select(0, idx_dev)]
+        if self.data.train_soft is not None:
+            lms.append(self.data.train_soft.index_select(0, idx_dev))
+        with torch.no_grad():
+            x, targets = self.augmenter(images, lms, train=self.cfg.random_augment, generator=self.aug_gen)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if mark is not None:
+            mark("augmentation")
+        return x, targets
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether the current epoch's loss is KD-Loss (role ``kd`` after its L2 warm-up)."""
+        return self.cfg.role == "kd" and self.epoch >= self.kd_start_epoch
+
+    def teacher_predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both teachers' predictions (model coords, float32) on the input batch ``x``, without gradients."""
         out = {}
         with torch.no_grad(), self._autocast():
             for name, teacher in self.teachers.items():
@@ -419,36 +335,27 @@ class Trainer:
                 out[name] = teacher(xt).float()
         return out
 
-    def _loss(self, pred: torch.Tensor, targets: list[torch.Tensor], x: torch.Tensor
+    def _loss(self, pred: torch.Tensor, targets: list[torch.Tensor], teachers: dict[str, torch.Tensor] | None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        role = self.cfg.role
-        if role == "kd" and self.epoch >= self.kd_start_epoch:
-            t = self._teacher_predict(x)
-            return kd_loss(pred, targets[0], t["tough"], t["tolerant"], self.cfg.kd)
-        target = targets[1] if role == "tolerant" else targets[0]  # kd: its L2 warm-up epochs
+        if teachers is not None:
+            return kd_loss(pred, targets[0], teachers["tough"], teachers["tolerant"], self.cfg.kd)
+        target = targets[1] if self.cfg.role == "tolerant" else targets[0]  # kd: its L2 warm-up epochs
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
-    # ----------------------------------------------------------------------------------------- steps
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Augmented input batch and its targets (model coords) for training-set rows ``idx``."""
-        images = self._fetch(self.train_images, idx)
-        idx_dev = idx.to(self.device, non_blocking=True)
-        lms = [self.train_hard.index_select(0, idx_dev)]
-        if self.train_soft is not None:
-            lms.append(self.train_soft.index_select(0, idx_dev))
-        with torch.no_grad():
-            x, targets = self.augmenter(images, lms, train=self.cfg.random_augment, generator=self.aug_gen)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, targets
+    def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """One optimiser step on a ready batch (the teachers' forwards included for KD); detached terms.
 
-    def _optimise(self, x: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimiser step on a ready batch (teachers' forwards included for KD); detached loss terms."""
+        ``mark``: called with ``"teacher_forwards"`` and then ``"student_step"``.
+        """
         cfg = self.cfg
+        teachers = self.teacher_predict(x) if self.uses_teachers else None
+        if mark is not None:
+            mark("teacher_forwards")
         with self._autocast():
             pred = self.train_model(x)
-        loss, terms = self._loss(pred.float(), targets, x)
+        loss, terms = self._loss(pred.float(), targets, teachers)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:
@@ -458,7 +365,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
+        if mark is not None:
+            mark("student_step")
         return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k not in ("loss", "total")}}
+
+    def train_step(self, idx: torch.Tensor, mark: Mark | None = None) -> dict[str, torch.Tensor]:
+        """The whole training step on training-set rows ``idx``: :meth:`batch`, then :meth:`optimise`."""
+        x, targets = self.batch(idx, mark)
+        return self.optimise(x, targets, mark)
 
     # ----------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -477,8 +391,7 @@ class Trainer:
         t0 = time.perf_counter()
         for s in range(self.steps_per_epoch):
             start = s * self.world_batch + rank * b
-            x, targets = self._batch(perm[start:start + b])
-            terms = self._optimise(x, targets)
+            terms = self.train_step(perm[start:start + b])
             for k, v in terms.items():
                 sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
             bar.update(1)
@@ -494,7 +407,8 @@ class Trainer:
         values["train_seconds"] = seconds
         return values
 
-    def _eval_model(self) -> nn.Module:
+    def eval_model(self) -> nn.Module:
+        """The weights validated and saved: the EMA model when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
@@ -502,30 +416,31 @@ class Trainer:
         """Mean NME (in units of the inter-ocular distance) on the validation images, all ranks."""
         if not self.n_val:
             return {}
-        model = self._eval_model()
+        model = self.eval_model()
         model.eval()
+        data = self.data
         bs = self.cfg.eval_batch_size or 2 * self.cfg.optim.batch_size
         mine = torch.arange(self.dist.rank, self.n_val, self.dist.world_size)
-        tol = self.val_soft is not None
-        acc = torch.zeros(3, device=self.device, dtype=torch.float64)  # sum NME(hard), sum NME(soft), count
+        tol = data.val_soft is not None
+        sums = np.zeros(3)                        # sum NME(hard), sum NME(soft), count
         for i in range(0, len(mine), bs):
             idx = mine[i:i + bs]
             idx_dev = idx.to(self.device)
-            images = self._fetch(self.val_images, idx)
-            lms = [self.val_hard.index_select(0, idx_dev)]
+            lms = [data.val_hard.index_select(0, idx_dev)]
             if tol:
-                lms.append(self.val_soft.index_select(0, idx_dev))
-            x, targets = self.augmenter(images, lms, train=False)
+                lms.append(data.val_soft.index_select(0, idx_dev))
+            x, targets = self.augmenter(fetch(data.val_images, idx, self.device), lms, train=False)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                pred = model(x).float()
-            norm = self.val_norm.index_select(0, idx_dev)
-            acc[0] += ((pred - targets[0]).norm(dim=-1).mean(dim=-1) / norm).sum().double()
+                pred = model(x).float().cpu().numpy()
+            norm = data.val_norm[idx.numpy()]
+            # the normaliser is the hard shape's, for the soft targets too
+            sums[0] += nme_per_image(pred, targets[0].cpu().numpy(), self.layout, norm=norm).sum()
             if tol:
-                acc[1] += ((pred - targets[1]).norm(dim=-1).mean(dim=-1) / norm).sum().double()
-            acc[2] += len(idx)
-        acc = self.dist.all_reduce_sum(acc)
+                sums[1] += nme_per_image(pred, targets[1].cpu().numpy(), self.layout, norm=norm).sum()
+            sums[2] += len(idx)
+        acc = self.dist.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.device))
         s_hard, s_soft, count = acc.tolist()
         out = {"val_nme": s_hard / count}
         if tol:
@@ -540,210 +455,49 @@ class Trainer:
             return val["val_nme"]
         return train["loss"]
 
-    # ----------------------------------------------------------------------------------------- checkpoints
-    def _model_meta(self, metrics: dict) -> dict:
-        cfg = self.cfg
-        crop = {"margin": float(self.prepared.margin), "context_margin": float(self.prepared.context_margin),
-                "stored_size": int(self.prepared.size), "view_scale": self.view_scale}
-        return model_meta(self.model, layout=self.layout, input_size=cfg.model.input_size, crop=crop,
-                          role=cfg.role, metrics=metrics, ema=self.ema is not None, epoch=self.epoch,
-                          step=self.step, best={"metric": self.best_metric, "epoch": self.best_epoch},
-                          parameters=count_parameters(self.model), train_config=config_to_dict(cfg),
-                          created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-
-    def _gather_rng(self) -> list[dict]:
-        mine = {"rng": rng_state(), "aug_gen": generator_state(self.aug_gen)}
-        if not self.dist.enabled:
-            return [mine]
-        gathered: list[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(gathered, mine)
-        return gathered
-
+    # ----------------------------------------------------------------------------------------- the loop
     def save(self, metrics: dict, *, best: bool, last: bool) -> None:
         """Write ``best/`` and/or ``last/`` (rank 0 only; every rank must call it for the RNG gather)."""
-        rngs = self._gather_rng() if last else []
-        if not self.dist.is_main:
-            return
-        eval_model = self._eval_model()
-        weights = eval_model.state_dict()
-        meta = self._model_meta(metrics)
-        if best:
-            write_checkpoint_dir(self.out / "best", {MODEL_WEIGHTS: weights}, {MODEL_META: meta})
-        if last:
-            opt_tensors, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
-            state_tensors: dict[str, torch.Tensor] = dict(opt_tensors)
-            if self.ema is not None:
-                state_tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-                state_tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "epoch": self.epoch,
-                "step": self.step,
-                "steps_per_epoch": self.steps_per_epoch,
-                "world_size": self.dist.world_size,
-                "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch,
-                "optimizer": opt_meta,
-                "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
-                "data_gen": generator_state(self.data_gen),
-                "ranks": rngs,
-                "history": self.history,
-                "train_config": config_to_dict(self.cfg),
-            }
-            write_checkpoint_dir(self.out / "last", {MODEL_WEIGHTS: weights, STATE_TENSORS: state_tensors},
-                                 {STATE_META: state, MODEL_META: meta})
+        ckpt.save_checkpoints(self, metrics, best=best, last=last)
 
-    def _resume(self) -> bool:
-        """Restore everything from ``out/last``; False when there is nothing to resume."""
-        found = resolve_checkpoint_dir(self.out / "last", STATE_META)
-        if found is None:
-            return False
-        tensors, state = read_training_state(found, "cpu")
-        saved = state.get("train_config", {})
-        where = found / STATE_META
-        if saved.get("role") != self.cfg.role:
-            raise CheckpointError(where, f"cannot resume: saved role {saved.get('role')!r} differs from the "
-                                         f"config's {self.cfg.role!r}")
-        saved_backbone = saved.get("model", {}).get("backbone")
-        if saved_backbone != self.cfg.model.backbone:
-            raise CheckpointError(where, f"cannot resume: the saved backbone {saved_backbone!r} differs from "
-                                         f"{self.cfg.model.backbone!r}")
-        if state.get("steps_per_epoch") != self.steps_per_epoch:
-            raise CheckpointError(where, f"cannot resume: {state.get('steps_per_epoch')} steps per epoch "
-                                         f"saved, {self.steps_per_epoch} now (data, batch size or number of "
-                                         "processes changed)")
-        if self.ema is not None:
-            raw = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-            self.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-        else:
-            raw = load_state_dict_file(found / MODEL_WEIGHTS)
-        self.model.load_state_dict(raw)
-        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
-        sched = dict(state["scheduler"])
-        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
-        self.scheduler.load_state_dict(sched)
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-        self.history = list(state.get("history", []))
-        set_generator_state(self.data_gen, state["data_gen"])
-        ranks = state.get("ranks", [])
-        if len(ranks) == self.dist.world_size:
-            mine = ranks[self.dist.rank]
-            set_rng_state(mine["rng"])
-            set_generator_state(self.aug_gen, mine["aug_gen"])
-        elif self.dist.is_main:
-            tqdm.write(f"resume: {len(ranks)} process(es) saved RNG states, {self.dist.world_size} running "
-                       "now; augmentation/dropout randomness will differ from an uninterrupted run")
-        return True
+    def _run_epoch(self, epoch: int) -> tuple[dict, dict, bool]:
+        """Train and validate one epoch: its CSV row, the metrics saved with it, whether it is the best."""
+        t0 = time.perf_counter()
+        train = self._train_epoch(epoch)
+        val = self.validate()
+        self.epoch = epoch + 1
+        metric = self._selection_metric(val, train)
+        improved = metric < self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = metric, self.epoch
+        row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+               **{k: v for k, v in train.items() if k not in ("images_per_s", "train_seconds")},
+               **val, "best": self.best_metric, "images_per_s": train["images_per_s"],
+               "train_seconds": train["train_seconds"]}
+        row["epoch_seconds"] = time.perf_counter() - t0
+        return row, {**val, "loss": train["loss"]}, improved
 
-    # ----------------------------------------------------------------------------------------- logging
-    def _csv_path(self) -> Path:
-        return self.out / "metrics.csv"
-
-    def _write_csv(self) -> None:
-        if not self.history:
-            return
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        first = ["epoch", "step", "lr"]
-        rest = [k for k in keys if k not in first]
-        tail = [k for k in ("images_per_s", "train_seconds", "epoch_seconds") if k in rest]
-        cols = first + [k for k in rest if k not in tail] + tail
-        tmp = self._csv_path().with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols)
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: (_b2s(v) if isinstance(v, float) else v) for k, v in row.items()})
-        os.replace(tmp, self._csv_path())
-
-    # ----------------------------------------------------------------------------------------- main loop
     def fit(self) -> dict:
         """Train to ``optim.epochs``; returns the best metric and epoch, the checkpoint paths, the history."""
         cfg = self.cfg
         try:
-            resumed = False
-            if cfg.resume:
-                resumed = self._resume()
-            elif resolve_checkpoint_dir(self.out / "last", STATE_META) is not None:
-                raise FileExistsError(f"{self.out}: already holds a training checkpoint (last/); pass "
-                                      "resume=true to continue it or choose another output folder")
-            writer = None
-            if self.dist.is_main:
-                self.out.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.out / "config.yaml",
-                            extra={"world_size": self.dist.world_size, "device": str(self.device),
-                                   "resumed_at_epoch": self.epoch if resumed else None})
-                if cfg.tensorboard:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    purge = self.epoch + 1 if resumed else None  # drop events logged after the checkpoint
-                    writer = SummaryWriter(str(self.out / "tb"), purge_step=purge)
-                if resumed:
-                    tqdm.write(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
-                else:
-                    tqdm.write(f"training {cfg.role}: {cfg.model.backbone} ({count_parameters(self.model):,} "
-                               f"parameters), {self.n_train} train / {self.n_val} val images, "
-                               f"{self.steps_per_epoch} steps x {self.world_batch} per epoch on "
-                               f"{self.dist.world_size} x {self.device}")
+            log = _open_run(self)
             self.dist.barrier()
-            epochs = tqdm(range(self.epoch, cfg.optim.epochs), initial=self.epoch, total=cfg.optim.epochs,
-                          desc=f"{cfg.role} epochs", dynamic_ncols=True,
-                          disable=None if self.dist.is_main else True, unit="epoch")
-            for epoch in epochs:
-                t0 = time.perf_counter()
-                train = self._train_epoch(epoch)
-                val = self.validate()
-                self.epoch = epoch + 1
-                metric = self._selection_metric(val, train)
-                improved = metric < self.best_metric
-                if improved:
-                    self.best_metric, self.best_epoch = metric, self.epoch
-                row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                       **{k: v for k, v in train.items() if k not in ("images_per_s", "train_seconds")},
-                       **val, "best": self.best_metric, "images_per_s": train["images_per_s"],
-                       "train_seconds": train["train_seconds"]}
-                final = self.epoch == cfg.optim.epochs
-                want_last = final or self.epoch % cfg.checkpoint_every == 0
-                row["epoch_seconds"] = time.perf_counter() - t0
+            bar = log.progress(self.epoch, cfg.optim.epochs, cfg.role)
+            for epoch in bar:
+                row, metrics, improved = self._run_epoch(epoch)
                 self.history.append(row)
-                self.save({**val, "loss": train["loss"]}, best=improved, last=want_last)
-                if self.dist.is_main:
-                    self._write_csv()
-                    if writer is not None:
-                        for k, v in row.items():
-                            if k != "epoch" and isinstance(v, int | float):
-                                writer.add_scalar(k if k.startswith(("val", "lr", "best")) else f"train/{k}",
-                                                  v, self.epoch)
-                        writer.flush()
-                    shown = {k: f"{v:.4g}" for k, v in row.items()
-                             if k in ("loss", "val_nme", "val_nme_soft")}
-                    epochs.set_postfix(shown)
-                    if epochs.disable:
-                        print(f"epoch {self.epoch}/{cfg.optim.epochs} "
-                              + " ".join(f"{k}={v}" for k, v in shown.items())
-                              + f" {train['images_per_s']:.0f} img/s", flush=True)
+                final = self.epoch == cfg.optim.epochs
+                self.save(metrics, best=improved, last=final or self.epoch % cfg.checkpoint_every == 0)
+                log.epoch(row, self.history, bar, cfg.optim.epochs)
                 self.dist.barrier()
-            epochs.close()
-            if writer is not None:
-                writer.close()
-            return {
-                "role": cfg.role,
-                "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch,
-                "epochs": self.epoch,
-                "best": str(self.out / "best"),
-                "last": str(self.out / "last"),
-                "metrics_csv": str(self._csv_path()),
-                "history": self.history,
-            }
+            bar.close()
+            log.close()
+            return {"role": cfg.role, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                    "epochs": self.epoch, "best": str(self.out / "best"), "last": str(self.out / "last"),
+                    "metrics_csv": str(log.csv_path), "history": self.history}
         finally:
-            if self.dist.owns_group and dist.is_initialized():
-                dist.destroy_process_group()
+            self.dist.close()
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -755,6 +509,32 @@ def train(cfg: TrainConfig, **kwargs: Any) -> dict:
 def _looks_like_train_config(data: dict) -> bool:
     """A run config has run-only keys (an experiment config has none of them)."""
     return bool(set(data) & {"role", "data", "model", "optim", "teachers"})
+
+
+def _from_experiment(exp: ExperimentConfig, role: str | None, overrides: Sequence[str], source: str, *,
+                     data: str | Path | None, out: str | Path | None) -> TrainConfig:
+    """The run of ``role`` in experiment ``exp``: overrides of experiment keys apply to it, the rest to
+    the derived run."""
+    if role is None:
+        raise ValueError(f"{source} is an experiment config: say which role to train "
+                         "(tough, tolerant, kd or l2)")
+    exp_keys = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    exp_over = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in exp_keys]
+    exp = config_from_dict(ExperimentConfig, config_to_dict(exp), source, exp_over)
+    return config_from_dict(TrainConfig, config_to_dict(train_config(exp, role, data=data, out=out)),
+                            f"{source} ({role})", [o for o in overrides if o not in exp_over])
+
+
+def _config_from_file(path: Path, overrides: Sequence[str], role: str | None, *,
+                      data: str | Path | None, out: str | Path | None) -> TrainConfig:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if isinstance(raw, dict) and _looks_like_train_config(raw):
+        return load_train_config(path, overrides)
+    return _from_experiment(load_config(path), role, overrides, str(path), data=data, out=out)
 
 
 def train_main(config: str | Path | TrainConfig | ExperimentConfig | None, overrides: Sequence[str] = (),
@@ -769,34 +549,10 @@ def train_main(config: str | Path | TrainConfig | ExperimentConfig | None, overr
     to the experiment (``student.optim.lr=3e-4``) and the others to the derived run (``resume=true``,
     ``optim.epochs=5``).  ``data``, ``out`` and ``resume`` override the run's fields.
     """
-    import yaml
-
-    exp_keys = {f.name for f in dataclasses.fields(ExperimentConfig)}
     if isinstance(config, str | Path):
-        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if Path(config).is_file() else None
-        if raw is None and not Path(config).is_file():
-            raise FileNotFoundError(f"{config}: config file not found")
-        raw = raw or {}
-        if _looks_like_train_config(raw):
-            from kdlandmark.config import load_train_config
-
-            cfg = load_train_config(config, overrides)
-        else:
-            exp_over = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in exp_keys]
-            run_over = [o for o in overrides if o not in exp_over]
-            exp = load_config(config, exp_over)
-            if role is None:
-                raise ValueError(f"{config} is an experiment config: say which role to train "
-                                 "(tough, tolerant, kd or l2)")
-            cfg = config_from_dict(TrainConfig, config_to_dict(train_config(exp, role, data=data, out=out)),
-                                   f"{config} ({role})", run_over)
+        cfg = _config_from_file(Path(config), overrides, role, data=data, out=out)
     elif isinstance(config, ExperimentConfig):
-        if role is None:
-            raise ValueError("an ExperimentConfig needs a role (tough, tolerant, kd or l2)")
-        exp_over = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in exp_keys]
-        exp = config_from_dict(ExperimentConfig, config_to_dict(config), "<experiment>", exp_over)
-        cfg = config_from_dict(TrainConfig, config_to_dict(train_config(exp, role, data=data, out=out)),
-                               f"<experiment> ({role})", [o for o in overrides if o not in exp_over])
+        cfg = _from_experiment(config, role, overrides, "<experiment>", data=data, out=out)
     elif isinstance(config, TrainConfig):
         cfg = config_from_dict(TrainConfig, config_to_dict(config), "<config>", overrides)
     elif config is None:

@@ -12,9 +12,7 @@ Modules: :mod:`.face` (3D model and layout sampling), :mod:`.render` (drawing),
 """
 
 from kdlandmark.data.synth.dataset import (
-    benchmark,
     contact_sheet,
-    draw_landmarks,
     format_summary,
     frontal_shape,
     mean_shape_baseline_nme,
@@ -29,10 +27,8 @@ __all__ = [
     "format_summary",
     "contact_sheet",
     "render_face",
-    "benchmark",
     "frontal_shape",
     "mean_shape_baseline_nme",
-    "draw_landmarks",
     "FaceShape",
     "build_geometry",
     "landmarks_3d",

@@ -1,4 +1,4 @@
-"""Synthetic datasets in the benchmarks' native formats, contact sheets, speed and hardness figures.
+"""Synthetic datasets in the benchmarks' native formats, contact sheets and the hardness figure.
 
 Face ``i`` of a dataset with seed ``seed`` is rendered from ``np.random.default_rng([seed, i])`` and
 its split from a permutation seeded by ``seed`` alone, so the files do not depend on the number of
@@ -23,7 +23,8 @@ from kdlandmark.data.crop import apply_affine, crop_affine, landmark_box
 from kdlandmark.data.samples import FaceSample
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
 from kdlandmark.data.synth.pool import PoolStyle
-from kdlandmark.data.synth.render import PIVOT, Camera, RenderedFace, render
+from kdlandmark.data.synth.render import PIVOT, Camera, render
+from kdlandmark.draw import draw_landmarks
 from kdlandmark.layouts import Layout, get_layout
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "synthesize",
     "format_summary",
     "contact_sheet",
-    "benchmark",
     "mean_shape_baseline_nme",
     "FORMATS",
     "TRAIN_PARTS",
@@ -312,17 +312,6 @@ def format_summary(summary: dict) -> str:
 
 # -------------------------------------------------------------------------------------- pictures
 
-def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray | None = None,
-                   radius: float = 1.2) -> np.ndarray:
-    """A copy of ``image`` with small dots: green visible, red occluded."""
-    out = image.copy()
-    occ = np.zeros(len(landmarks), bool) if occluded is None else np.asarray(occluded, bool)
-    for (x, y), o in zip(landmarks, occ, strict=True):
-        cv2.circle(out, (int(round(x * 16)), int(round(y * 16))), int(radius * 16),
-                   (40, 40, 255) if o else (60, 255, 60), -1, cv2.LINE_AA, 4)
-    return out
-
-
 def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count: int = 24,
                   columns: int = 6, dots: bool = True) -> None:
     """Write a grid PNG of the first ``count`` faces of seed ``seed``, landmarks drawn as small dots."""
@@ -331,7 +320,8 @@ def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count
     for i in range(count):
         image, lm, info = render_face(np.random.default_rng([seed, i]), layout, size)
         if dots:
-            image = draw_landmarks(image, lm, info["occluded"], radius=max(1.0, size / 200))
+            image = draw_landmarks(image, lm, color=(60, 255, 60), radius=max(1.0, size / 200), lines=False,
+                                   occluded=info["occluded"], occluded_color=(40, 40, 255))
         tiles.append(image)
     rows = math.ceil(count / columns)
     blank = np.full((size, size, 3), 255, np.uint8)
@@ -344,29 +334,6 @@ def contact_sheet(fmt: str, path: Path, *, seed: int = 0, size: int = 256, count
 
 
 # ----------------------------------------------------------------------------------------- figures
-
-def benchmark(count: int = 300, size: int = 256, repeat: int = 3) -> float:
-    """Faces per second on one core: render (with its JPEG round trip) plus one JPEG encode per face.
-
-    OpenCV is limited to one thread and the time is this process's CPU time, so on a shared machine
-    the figure measures the generator rather than its neighbours; the same ``count`` faces are timed
-    ``repeat`` times and the fastest pass counts (as ``timeit`` does).
-    """
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        render(np.random.default_rng([123, 10**6]), size)  # warm-up
-        best = float("inf")
-        for _ in range(max(1, repeat)):
-            start = time.process_time()
-            for i in range(count):
-                face = render(np.random.default_rng([123, i]), size)
-                cv2.imencode(".jpg", face.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            best = min(best, time.process_time() - start)
-        return count / max(best, 1e-9)
-    finally:
-        cv2.setNumThreads(previous)
-
 
 _SPLITS = {"300w": ("train", "test-full"), "wflw": ("train", "test"), "cofw": ("train", "test")}
 
@@ -392,8 +359,3 @@ def mean_shape_baseline_nme(root: Path, fmt: str, size: int = 256) -> float:
     test = crops(test_split)
     err = np.linalg.norm(test - mean[None], axis=-1).mean(axis=-1)
     return float(np.mean(err / layout.normaliser(test)))
-
-
-def rendered(rng: np.random.Generator, size: int = 256) -> RenderedFace:
-    """The full :class:`RenderedFace` (image, geometry, camera, occluder mask) for ``rng``."""
-    return render(rng, size)

@@ -108,6 +108,7 @@ def _random_colour(rng: np.random.Generator, lo: float = 0, hi: float = 255) -> 
     return rng.uniform(lo, hi, 3)
 
 
+# long: every random draw of one face in one fixed order; reordering them would change every dataset
 def sample_scene(rng: np.random.Generator, size: int = 256) -> Scene:
     """Draw every random choice of one face (identity, expression, pose, colours, light, occluder...)."""
     shape = sample_shape(rng)
@@ -541,6 +542,7 @@ def _periodic(values: np.ndarray, phi: np.ndarray) -> np.ndarray:
 AlbedoFn = Callable[[np.ndarray, Geometry, Camera], None]
 
 
+# long: one back-to-front painting pass; its drawing and RNG order fix every pixel of every dataset
 def render_scene(scene: Scene, albedo: AlbedoFn | None = None) -> RenderedFace:
     """Draw ``scene``: returns the image (BGR uint8), geometry, camera, occluder mask and info.
 
@@ -744,6 +746,7 @@ def render_scene(scene: Scene, albedo: AlbedoFn | None = None) -> RenderedFace:
     return RenderedFace(image=img, scene=scene, geometry=geo, camera=cam, occluder_mask=occ_mask, info=info)
 
 
+# long: brows, eyes, mouth and nose in painter's order, a few lines each, sharing one scale and palette
 def _draw_features(img: np.ndarray, scene: Scene, geo: Geometry, cam: Camera,
                    nose_polys: list[np.ndarray]) -> dict:
     """Brows, eyes, mouth, nose (albedo).  Returns the visible irises for catchlights.
@@ -984,6 +987,7 @@ def _draw_mouth_inside(img: np.ndarray, inner: np.ndarray, iu: np.ndarray, il: n
     img[y0:y1, x0:x1] = cv2.blendLinear(img[y0:y1, x0:x1], layer, 1.0 - mk, mk)
 
 
+# long: one short branch per occluder kind, all sharing the target points and the mask
 def _draw_occluder(img: np.ndarray, scene: Scene, geo: Geometry, cam: Camera,
                    rng: np.random.Generator) -> np.ndarray:
     """Draw the scene's occluder; returns its uint8 mask (255 = covered)."""
