@@ -48,7 +48,8 @@ STAGES = ("prepare", "asm", "tough", "tolerant", "kd", "l2", "evaluate", "result
 #: Training stages and the training stages they need (prepare and ASM always run before them).
 TRAIN_DEPS = {"tough": (), "tolerant": (), "kd": ("tough", "tolerant"), "l2": ()}
 
-_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The bundled presets: package data, so that an installed wheel has them too.
+_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
@@ -341,7 +342,7 @@ def run_pipeline(config: str | Path | ExperimentConfig, overrides: Sequence[str]
 
 NEXT_STEPS = """\
 Next steps:
-  - real data: kdlandmark pipeline --config configs/paper-300w.yaml --data-root /path/to/300W --out runs/300w
+  - real data: kdlandmark pipeline --config paper-300w --data-root /path/to/300W --out runs/300w
     (also paper-cofw, paper-wflw; docs/DATASETS.md says which folders each expects)
   - on a GPU the same command trains with bf16 and channels-last automatically; several GPUs:
     torchrun --nproc_per_node 8 -m kdlandmark train --config ... --role kd   (docs/TRAINING.md)

@@ -543,7 +543,7 @@ def train_main(config: str | Path | TrainConfig | ExperimentConfig | None, overr
     """Command-line entry: train ``role`` from a config file (or object) with ``key=value`` overrides.
 
     ``config`` is a :class:`TrainConfig` / :class:`ExperimentConfig`, or a YAML file of either kind (a
-    run's ``config.yaml`` is a TrainConfig; a preset such as ``configs/paper-300w.yaml`` an
+    run's ``config.yaml`` is a TrainConfig; a bundled preset such as ``configs/paper-300w.yaml`` an
     ExperimentConfig).  For an experiment, ``role`` is required, the run's paths default to
     :func:`~kdlandmark.config.train_config`'s, overrides whose first key is an experiment field apply
     to the experiment (``student.optim.lr=3e-4``) and the others to the derived run (``resume=true``,
