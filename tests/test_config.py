@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,7 +34,8 @@ from kdlandmark.train import trainer as trainer_mod
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = (C.ExperimentConfig, C.PrepareConfig, C.AsmConfig, C.StageConfig, C.RuntimeConfig, C.EvalConfig,
-           C.TrainConfig, C.ModelConfig, C.OptimConfig, C.TeachersConfig, C.AugmentConfig, C.KDLossConfig)
+           C.TrainConfig, C.ModelConfig, C.OptimConfig, C.TeachersConfig, C.AugmentConfig, C.KDLossConfig,
+           C.SynthConfig, C.PoolStyle)
 #: Functions whose reads only copy, convert, compare or validate a config.
 NOT_USE = {"__post_init__", "__eq__", "__repr__", "_plain", "config_to_dict", "_from_dict",
            "_coerce", "apply_overrides", "_field_type", "to_dict", "save_config", "_check_same_config",
@@ -114,18 +116,22 @@ def test_every_training_config_field_is_read(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------ pipeline
 def _run_pipeline_consumers(tmp: Path, monkeypatch) -> list[tuple[str, dict]]:
     """Every pipeline stage's own code, with the work it hands on replaced by a recorder."""
-    from kdlandmark.data import prepare
+    from kdlandmark.data import prepare, synth
     from kdlandmark.evaluate import evaluator, report
     from kdlandmark.shape import soften
 
     calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(synth, "synthesize", lambda *a, **k: calls.append(("synth", k)) or {})
+    monkeypatch.setattr(synth, "format_summary", lambda *a: "")
     monkeypatch.setattr(prepare, "prepare_dataset", lambda *a, **k: calls.append(("prepare", k)))
     monkeypatch.setattr(prepare, "format_summary", lambda *a: "")
     monkeypatch.setattr(soften, "soften_prepared", lambda *a, **k: calls.append(("asm", k)))
     monkeypatch.setattr(evaluator, "evaluate_checkpoint", lambda *a, **k: calls.append(("evaluate", k)))
     monkeypatch.setattr(report, "write_report", lambda *a, **k: calls.append(("report", k)) or ("h", "m"))
-    exp = C.ExperimentConfig(out=str(tmp / "exp"), data_root=str(tmp / "raw"), jobs=1)
+    exp = C.ExperimentConfig(out=str(tmp / "exp"), data_root=str(tmp / "raw"), jobs=1,
+                             synth=C.SynthConfig(count=5, pool="pool", hybrid_fraction=0.2, pool_fraction=0.3))
     pipe = Pipeline(exp, log=lambda _text: None)
+    pipe.synth()
     pipe.prepare()
     pipe.asm()
     pipe.evaluate()
@@ -143,7 +149,7 @@ def test_every_experiment_config_field_is_read(tmp_path, monkeypatch) -> None:
     with recorded_reads() as reads:
         calls = _run_pipeline_consumers(tmp_path, monkeypatch)
     assert _unread(reads, (C.ExperimentConfig, C.PrepareConfig, C.AsmConfig, C.StageConfig,
-                           C.EvalConfig)) == []
+                           C.EvalConfig, C.SynthConfig)) == []
     # the runtime section is copied whole into each run's TrainConfig, whose fields the trainer reads
     runtime = {f.name for f in dataclasses.fields(C.RuntimeConfig)}
     assert runtime <= {f.name for f in dataclasses.fields(C.TrainConfig)}
@@ -151,6 +157,29 @@ def test_every_experiment_config_field_is_read(tmp_path, monkeypatch) -> None:
     by_stage = dict(calls)
     assert by_stage["asm"]["clip"] == 3.0 and by_stage["asm"]["max_iter"] == 20
     assert by_stage["evaluate"]["batch"] == 64 and by_stage["prepare"]["size"] == 256
+    assert by_stage["synth"]["hybrid_fraction"] == 0.2 and by_stage["synth"]["pool"] == "pool"
+
+
+def test_every_pool_style_field_is_read(tmp_path) -> None:
+    """Rendering pool faces with every appearance step on reads every field of the style."""
+    import cv2
+
+    from kdlandmark.data.synth import render_face
+    from kdlandmark.data.synth.pool import load_pool, render_pool_face
+
+    layout = get_layout("300w")
+    for i in range(2):
+        image, lm, _ = render_face(np.random.default_rng([7, i]), layout, 160)
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), image)
+        rows = "".join(f"{x + 1} {y + 1}\n" for x, y in lm)
+        (tmp_path / f"f{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{rows}}}\n")
+    pool = load_pool(tmp_path)
+    style = C.PoolStyle(renormalise=0.5, mix=1.0, background=1.0, glasses=1.0, colour=1.0, light=1.0,
+                        low_res=1.0, blur=1.0, noise=1.0, jpeg=1.0)
+    with recorded_reads() as reads:
+        for seed in range(3):
+            render_pool_face(np.random.default_rng(seed), pool, 128, style)
+    assert _unread(reads, (C.PoolStyle,)) == []
 
 
 def test_the_recorder_notices_a_field_nothing_reads(tmp_path, monkeypatch) -> None:

@@ -147,3 +147,38 @@ def test_every_preset_loads_and_names_its_dataset(preset: str) -> None:
     (t, t_size), (s, s_size) = nets["teacher"], nets["student"]
     assert count_parameters(s) < count_parameters(t)
     assert count_flops(s, s_size) < count_flops(t, t_size)
+
+
+def test_the_synth_stage_makes_the_data_the_config_asks_for(tmp_path: Path) -> None:
+    """``synth.count > 0`` without a data_root: the first stage writes the dataset to <out>/data, with
+    real-appearance faces from a pool; a second run finds it complete."""
+    import cv2
+    import numpy as np
+
+    from kdlandmark.data.synth import render_face
+    from kdlandmark.layouts import get_layout
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        image, lm, _ = render_face(np.random.default_rng([11, i]), get_layout("300w"), 160)
+        cv2.imwrite(str(pool / f"p{i}.jpg"), image)
+        rows = "".join(f"{x + 1} {y + 1}\n" for x, y in lm)
+        (pool / f"p{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{rows}}}\n")
+    exp = load_config(resolve_preset("demo"), [*TINY, "synth.count=10", "synth.size=96", f"synth.pool={pool}",
+                                               "synth.pool_fraction=0.5", "synth.hybrid_fraction=0.3",
+                                               "synth.workers=1"])
+    exp.out = str(tmp_path / "run")
+    times = Pipeline(exp).run(("synth", "prepare"))
+    marker = json.loads((tmp_path / "run" / "data" / "synth.json").read_text())
+    assert marker["count"] == 10 and marker["pool"] == str(pool) and marker["hybrid_fraction"] == 0.3
+    assert exp.data_root == str(tmp_path / "run" / "data") and times["synth"] > 0
+    assert (tmp_path / "run" / "prepared" / "train").is_dir()
+    assert Pipeline(exp).run(("synth",)) == {"synth": 0.0}
+
+
+def test_a_preset_without_data_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    exp = load_config(resolve_preset("paper-300w"))
+    exp.out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="no dataset folder"):
+        Pipeline(exp).run()

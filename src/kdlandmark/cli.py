@@ -65,12 +65,19 @@ def _cmd_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG of the first faces")
+    p.add_argument("--pool", type=Path, default=None,
+                   help="folder of real faces (images + 68-point .pts) lending their appearance (300w only)")
+    p.add_argument("--pool-fraction", type=float, default=1.0,
+                   help="with --pool: share of pool faces warped onto new shapes and poses")
+    p.add_argument("--hybrid-fraction", type=float, default=0.0,
+                   help="with --pool: share of rendered heads with a pool face's skin and features")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.data import synth
 
         summary = synth.synthesize(a.format, a.count, a.out, seed=a.seed, size=a.size,
-                                   test_fraction=a.test_fraction, workers=a.workers)
+                                   test_fraction=a.test_fraction, workers=a.workers, pool=a.pool,
+                                   pool_fraction=a.pool_fraction, hybrid_fraction=a.hybrid_fraction)
         print(synth.format_summary(summary))
         if a.contact_sheet is not None:
             synth.contact_sheet(a.format, a.contact_sheet, seed=a.seed, size=a.size)
@@ -163,9 +170,11 @@ def _cmd_pipeline(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole recipe on built-in synthetic faces, sized for a CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--count", type=_positive_int, default=1500, help="synthetic faces (train + test)")
+    p.add_argument("--count", type=_positive_int, default=None,
+                   help="synthetic faces, train + test (default: the preset's synth.count; demo: 1500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default="demo", help="preset or YAML (default: the CPU demo preset)")
+    p.add_argument("--config", default="demo",
+                   help="preset or YAML that makes its own data (default: the CPU demo preset)")
     p.add_argument("--jobs", type=_positive_int, default=None, help=_JOBS_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 

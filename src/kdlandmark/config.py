@@ -45,6 +45,8 @@ __all__ = [
     "OptimConfig",
     "TeachersConfig",
     "TrainConfig",
+    "PoolStyle",
+    "SynthConfig",
     "PrepareConfig",
     "AsmConfig",
     "StageConfig",
@@ -421,6 +423,107 @@ class TrainConfig:
                              f"({self.optim.epochs}): otherwise KD-Loss never starts")
 
 
+@dataclass(frozen=True)
+class PoolStyle:
+    """What :func:`kdlandmark.data.synth.pool.render_pool_face` randomises (probabilities per face; 0
+    switches a step off).
+
+    Attributes:
+        yaw, pitch, roll: standard deviation of the new head pose in degrees (clipped at 2.5 sd).
+        renormalise: up to this share (drawn uniformly) of the pool face's own landmark geometry is
+            replaced by the mean face's, so that the pool's few identities do not become the model's
+            shape prior (0 keeps the pool face's proportions).
+        identity: how much of a random synthetic identity's shape is added (0 keeps the pool face's).
+        expression: probability of a random synthetic expression (mouth, smile, eyes, brows).
+        face_fraction: range of the landmark box's side as a fraction of the image side.
+        mix: probability of taking eyes, nose and mouth from a second pool face.
+        background: probability of replacing the background outside the head.
+        glasses: probability of drawing glasses.
+        colour: probability of a random colour change (hue, channel gains, saturation, grey).
+        light: probability of a random directional light / shadow over the face.
+        low_res: probability of reducing the resolution (inter-ocular 10-40 px) and enlarging it back.
+        blur, noise, jpeg: probabilities of Gaussian/motion blur, sensor noise and JPEG compression.
+    """
+
+    yaw: float = 14.0
+    pitch: float = 9.0
+    roll: float = 10.0
+    renormalise: float = 0.0
+    identity: float = 0.8
+    expression: float = 0.6
+    face_fraction: tuple[float, float] = (0.45, 0.7)
+    mix: float = 0.5
+    background: float = 0.6
+    glasses: float = 0.15
+    colour: float = 0.8
+    light: float = 0.5
+    low_res: float = 0.5
+    blur: float = 0.3
+    noise: float = 0.5
+    jpeg: float = 0.7
+
+    @classmethod
+    def plain(cls, **changes: float) -> PoolStyle:
+        """Only the warp (pose, identity, expression): no appearance step (the ablation's base)."""
+        geometry = ("yaw", "pitch", "roll", "renormalise", "identity", "expression", "face_fraction")
+        off = {f.name: 0.0 for f in dataclasses.fields(cls) if f.name not in geometry}
+        off.update(changes)
+        return cls(**off)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.face_fraction
+        object.__setattr__(self, "face_fraction", (float(lo), float(hi)))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("yaw", "pitch", "roll"):
+                if v < 0:
+                    raise ValueError(f"synth.style.{f.name} must be >= 0 degrees, got {v}")
+            elif f.name == "face_fraction":
+                if not 0.05 <= v[0] <= v[1] <= 0.95:
+                    raise ValueError(f"synth.style.face_fraction must be a range in [0.05, 0.95], got {v}")
+            elif not 0.0 <= v <= 1.0:
+                raise ValueError(f"synth.style.{f.name} must lie in [0, 1], got {v}")
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic training data the pipeline makes itself (its first stage), in ``<out>/data``.
+
+    Attributes:
+        count: faces to make (0: no synthesis; ``data_root`` then names a dataset on disk).
+        size: image side in pixels.
+        test_fraction: share of the faces in the test parts.
+        pool: folder of real faces (images with 68-point ``.pts`` files) lending their appearance
+            (``null``: rendered faces only); a relative path is taken from the current folder.
+        pool_fraction: share of pool faces warped onto new shapes and poses.
+        hybrid_fraction: share of rendered heads with a pool face's skin and features.
+        style: what the pool faces randomise (:class:`PoolStyle`).
+        workers: processes (``null``: all cores).
+    """
+
+    count: int = 0
+    size: int = 256
+    test_fraction: float = 0.2
+    pool: str | None = None
+    pool_fraction: float = 1.0
+    hybrid_fraction: float = 0.0
+    style: PoolStyle = field(default_factory=PoolStyle)
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.size < 32:
+            raise ValueError(f"synth.count must be >= 0 and synth.size >= 32, got {self.count}, {self.size}")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise ValueError(f"synth.test_fraction must lie in [0, 1], got {self.test_fraction}")
+        if not (0.0 <= self.pool_fraction <= 1.0 and 0.0 <= self.hybrid_fraction <= 1.0
+                and self.pool_fraction + self.hybrid_fraction <= 1.0):
+            raise ValueError("synth.pool_fraction and synth.hybrid_fraction must lie in [0, 1] with a sum of "
+                             f"at most 1, got {self.pool_fraction} and {self.hybrid_fraction}")
+
+
 @dataclass
 class PrepareConfig:
     """Settings of ``kdlandmark prepare`` (``null`` margins: the prepare module's defaults)."""
@@ -528,6 +631,7 @@ class ExperimentConfig:
         data_root: the dataset's root folder (native files).
         out: experiment folder; stages write ``prepared/``, ``tough/``, ``tolerant/``, ``kd/``, ``l2/``.
         seed: seed of every stage.
+        synth: synthetic training data made by the first stage (``count: 0``: none).
         prepare, asm: data preparation and soft landmarks.
         teacher: network and optimisation of both teachers (paper: EfficientNet-B3).
         student: network and optimisation of the students (paper: MobileNetV2, random init).
@@ -546,6 +650,7 @@ class ExperimentConfig:
     data_root: str = ""
     out: str = "runs/experiment"
     seed: int = 0
+    synth: SynthConfig = field(default_factory=SynthConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     asm: AsmConfig = field(default_factory=AsmConfig)
     teacher: StageConfig = field(default_factory=_teacher_stage)

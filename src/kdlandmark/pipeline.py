@@ -1,6 +1,9 @@
 """The paper's recipe as resumable stages.
 
-prepare -> asm -> tough -> tolerant -> kd -> l2 -> evaluate -> results (table) -> report
+[synth] -> prepare -> asm -> tough -> tolerant -> kd -> l2 -> evaluate -> results (table) -> report
+
+``synth`` runs when the config asks for synthetic data (``synth.count > 0``): it writes the dataset
+to ``data_root`` (default ``<out>/data``), from rendered faces and, with ``synth.pool``, real faces.
 
 Each stage looks at its own output first and skips itself when that output is complete, so a killed
 pipeline started again with the same command resumes where it stopped (a half-finished training run
@@ -44,7 +47,7 @@ ROLE_LABELS = {
     "l2": "Student (L2)",
     "kd": "Student (KD-Loss)",
 }
-STAGES = ("prepare", "asm", "tough", "tolerant", "kd", "l2", "evaluate", "results", "report")
+STAGES = ("synth", "prepare", "asm", "tough", "tolerant", "kd", "l2", "evaluate", "results", "report")
 #: Training stages and the training stages they need (prepare and ASM always run before them).
 TRAIN_DEPS = {"tough": (), "tolerant": (), "kd": ("tough", "tolerant"), "l2": ()}
 
@@ -94,6 +97,21 @@ class Pipeline:
         return dt
 
     # -- stages ---------------------------------------------------------------------------------
+    def synth_done(self) -> bool:
+        from kdlandmark.data.synth.dataset import MARKER
+
+        return self.exp.synth.count == 0 or (Path(self.exp.data_root) / MARKER).is_file()
+
+    def synth(self) -> None:
+        from kdlandmark.data.synth import format_summary, synthesize
+
+        sy = self.exp.synth
+        summary = synthesize(self.exp.dataset, sy.count, Path(self.exp.data_root), seed=self.exp.seed,
+                             size=sy.size, test_fraction=sy.test_fraction, workers=sy.workers, pool=sy.pool,
+                             pool_fraction=sy.pool_fraction, hybrid_fraction=sy.hybrid_fraction,
+                             pool_style=sy.style)
+        self.log(format_summary(summary))
+
     def prepare(self) -> None:
         from kdlandmark.data.prepare import format_summary, prepare_dataset
 
@@ -175,11 +193,17 @@ class Pipeline:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+        if not self.exp.data_root and self.exp.synth.count:
+            self.exp.data_root = str(self.root / "data")
+        if not self.exp.data_root:
+            raise ValueError("no dataset folder: pass --data-root DIR, set data_root in the config, or ask "
+                             "for synthetic data (synth.count)")
         self._check_same_config()
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(self.exp, self.root / "config.yaml")
         times: dict[str, float] = {}
         plan: dict[str, tuple[Callable[[], bool], Callable[[], object]]] = {
+            "synth": (self.synth_done, self.synth),
             "prepare": (lambda: PreparedSet.is_complete(self.prepared_dir), self.prepare),
             "asm": (self.asm_done, self.asm),
             **{r: ((lambda r=r: self.train_done(r)), (lambda r=r: self.train(r))) for r in ROLE_LABELS},
@@ -195,6 +219,8 @@ class Pipeline:
                 if name == parallel[0]:
                     times.update(self._train_parallel(parallel, self.exp.jobs))
                 continue
+            if name == "synth" and not self.exp.synth.count:
+                continue  # the data are on disk already
             done, fn = plan[name]
             times[name] = self._timed(name, done(), fn)
         write_json_atomic(self.root / "stage_times.json", times)
@@ -335,8 +361,6 @@ def run_pipeline(config: str | Path | ExperimentConfig, overrides: Sequence[str]
         exp.data_root = str(data_root)
     if out is not None:
         exp.out = str(out)
-    if not exp.data_root:
-        raise ValueError("no dataset folder: pass --data-root DIR or set data_root in the config")
     return Pipeline(exp).run(stages)
 
 
@@ -350,25 +374,22 @@ Next steps:
 """
 
 
-def run_demo(out: str | Path = "runs/demo", *, count: int = 1500, seed: int = 0,
+def run_demo(out: str | Path = "runs/demo", *, count: int | None = None, seed: int = 0,
              overrides: Sequence[str] = (), config: str | Path = "demo", jobs: int | None = None
              ) -> dict[str, float]:
-    """Synthesise a small 300W-format dataset and run the whole recipe on it with the CPU preset."""
-    from kdlandmark.data import synth
-
+    """The whole recipe of a preset that makes its own synthetic data (default: the CPU demo), in ``out``
+    (its data in ``out/data``); ``count`` overrides the preset's number of synthetic faces."""
     exp = load_config(resolve_preset(config), overrides)
     if jobs is not None:
         exp = dataclasses.replace(exp, jobs=jobs)
+    if count is not None:
+        exp.synth = dataclasses.replace(exp.synth, count=count)
+    if not exp.synth.count:
+        raise ConfigError(f"{config}: the preset makes no synthetic data (synth.count is 0); "
+                          "use kdlandmark pipeline with --data-root")
     out = Path(out)
-    exp.out, exp.seed = str(out), seed
-    data = out / "data"
-    exp.data_root = str(data)
-    t0 = time.perf_counter()
-    if not (data / "synth.json").is_file():  # written by synthesize once the dataset is complete
-        summary = synth.synthesize(exp.dataset, count, data, seed=seed, size=192)
-        print(synth.format_summary(summary))
-    synth_s = time.perf_counter() - t0
-    times = {"synth": synth_s, **Pipeline(exp).run()}
+    exp.out, exp.seed, exp.data_root = str(out), seed, str(out / "data")
+    times = Pipeline(exp).run()
     total = sum(times.values())
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + f"; total {total:.0f}s")
     print(NEXT_STEPS)

@@ -28,13 +28,14 @@ a dataset is the caller's choice (:func:`kdlandmark.data.synth.dataset.synthesiz
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from kdlandmark.config import PoolStyle
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d, rotation, sample_shape
 from kdlandmark.data.synth.render import PIVOT, Camera, _background, render
 from kdlandmark.data.synth.warp import signed_areas, warp_mesh
@@ -44,59 +45,6 @@ __all__ = ["PoolFace", "PoolStyle", "load_pool", "render_pool_face", "POOL_LAYOU
 
 #: Pool faces carry 68 points (the 300W scheme); the landmarks they lend are that layout's.
 POOL_LAYOUT = "300w"
-
-# ------------------------------------------------------------------------------------------- style
-
-
-@dataclass(frozen=True)
-class PoolStyle:
-    """What :func:`render_pool_face` randomises (probabilities per face; 0 switches a step off).
-
-    Attributes:
-        yaw, pitch, roll: standard deviation of the new head pose in degrees (clipped at 2.5 sd).
-        renormalise: up to this share (drawn uniformly) of the pool face's own landmark geometry is
-            replaced by the mean face's, so that the pool's few identities do not become the model's
-            shape prior (0 keeps the pool face's proportions).
-        identity: how much of a random synthetic identity's shape is added (0 keeps the pool face's).
-        expression: probability of a random synthetic expression (mouth, smile, eyes, brows).
-        face_fraction: range of the landmark box's side as a fraction of the image side.
-        mix: probability of taking eyes, nose and mouth from a second pool face.
-        background: probability of replacing the background outside the head.
-        glasses: probability of drawing glasses.
-        colour: probability of a random colour change (hue, channel gains, saturation, grey).
-        light: probability of a random directional light / shadow over the face.
-        low_res: probability of reducing the resolution (inter-ocular 10-40 px) and enlarging it back.
-        blur, noise, jpeg: probabilities of Gaussian/motion blur, sensor noise and JPEG compression.
-    """
-
-    yaw: float = 14.0
-    pitch: float = 9.0
-    roll: float = 10.0
-    renormalise: float = 0.0
-    identity: float = 0.8
-    expression: float = 0.6
-    face_fraction: tuple[float, float] = (0.45, 0.7)
-    mix: float = 0.5
-    background: float = 0.6
-    glasses: float = 0.15
-    colour: float = 0.8
-    light: float = 0.5
-    low_res: float = 0.5
-    blur: float = 0.3
-    noise: float = 0.5
-    jpeg: float = 0.7
-
-    @classmethod
-    def plain(cls, **changes: float) -> PoolStyle:
-        """Only the warp (pose, identity, expression): no appearance step (the ablation's base)."""
-        geometry = ("yaw", "pitch", "roll", "renormalise", "identity", "expression", "face_fraction")
-        off = {f.name: 0.0 for f in fields(cls) if f.name not in geometry}
-        off.update(changes)
-        return cls(**off)  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # ------------------------------------------------------------------------------------ the head model
 
