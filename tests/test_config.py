@@ -128,8 +128,8 @@ def _run_pipeline_consumers(tmp: Path, monkeypatch) -> list[tuple[str, dict]]:
     monkeypatch.setattr(soften, "soften_prepared", lambda *a, **k: calls.append(("asm", k)))
     monkeypatch.setattr(evaluator, "evaluate_checkpoint", lambda *a, **k: calls.append(("evaluate", k)))
     monkeypatch.setattr(report, "write_report", lambda *a, **k: calls.append(("report", k)) or ("h", "m"))
-    exp = C.ExperimentConfig(out=str(tmp / "exp"), data_root=str(tmp / "raw"), jobs=1,
-                             synth=C.SynthConfig(count=5, pool="pool", hybrid_fraction=0.2, pool_fraction=0.3))
+    synth_cfg = C.SynthConfig(count=5, pool="pool", hybrid_fraction=0.2, pool_fraction=0.3)
+    exp = C.ExperimentConfig(out=str(tmp / "exp"), data_root=str(tmp / "raw"), jobs=1, synth=synth_cfg)
     pipe = Pipeline(exp, log=lambda _text: None)
     pipe.synth()
     pipe.prepare()
