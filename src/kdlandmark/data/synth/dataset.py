@@ -279,8 +279,8 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
                 parts[part] += 1
                 bar.update()
         else:
-            ctx = mp.get_context("spawn") if os.name == "nt" else mp.get_context()
-            with ctx.Pool(workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a fork of a process whose torch/OpenCV thread pools have run can hang
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
                 chunk = max(1, min(16, count // (4 * workers)))
                 for part, image, sample in pool.imap(_make, tasks, chunksize=chunk):
                     writer.add(part, image, sample)
