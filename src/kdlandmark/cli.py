@@ -58,7 +58,8 @@ _JOBS_HELP = "training stages side by side, each in its own process (default: th
 def _cmd_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic face dataset in a native benchmark format")
     p.add_argument("--format", choices=FORMATS, default="300w", help="native format to write")
-    p.add_argument("--count", type=_positive_int, default=1000, help="number of faces (train + test)")
+    p.add_argument("--count", type=_positive_int, default=None,
+                   help="number of faces, train + test (default 1000); with --video: clips (default 10)")
     p.add_argument("--out", type=Path, required=True, help="dataset root to create")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
@@ -71,11 +72,31 @@ def _cmd_synth(sub: argparse._SubParsersAction) -> None:
                    help="with --pool: share of pool faces warped onto new shapes and poses")
     p.add_argument("--hybrid-fraction", type=float, default=0.0,
                    help="with --pool: share of rendered heads with a pool face's skin and features")
+    v = p.add_argument_group("video clips (--video: --count clips of one moving face, each an .mp4 with "
+                             "a JSON of per-frame landmarks in every layout; --format, --test-fraction "
+                             "and --pool do not apply)")
+    v.add_argument("--video", action="store_true", help="write video clips instead of a dataset")
+    v.add_argument("--frames", type=_positive_int, default=100, help="frames per clip")
+    v.add_argument("--fps", type=_positive_float, default=25.0, help="frame rate written into the clips")
+    v.add_argument("--key-every", type=_positive_float, default=40.0,
+                   help="mean distance of the key poses in frames (smaller: faster motion)")
+    v.add_argument("--motion", type=float, default=1.0,
+                   help="how far the key poses move from the first one (0 still .. 1)")
+    v.add_argument("--cuts", action="store_true", help="a scene cut (another face) mid-clip")
+    v.add_argument("--exits", action="store_true", help="the face slides out of the picture near the end")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.data import synth
 
-        summary = synth.synthesize(a.format, a.count, a.out, seed=a.seed, size=a.size,
+        if a.video:
+            from kdlandmark.data.synth.video import format_video_summary, synthesize_videos
+
+            summary = synthesize_videos(a.count or 10, a.out, seed=a.seed, frames=a.frames, size=a.size,
+                                        fps=a.fps, key_every=a.key_every, motion=a.motion, cuts=a.cuts,
+                                        exits=a.exits, workers=a.workers)
+            print(format_video_summary(summary))
+            return 0
+        summary = synth.synthesize(a.format, a.count or 1000, a.out, seed=a.seed, size=a.size,
                                    test_fraction=a.test_fraction, workers=a.workers, pool=a.pool,
                                    pool_fraction=a.pool_fraction, hybrid_fraction=a.hybrid_fraction)
         print(synth.format_summary(summary))
