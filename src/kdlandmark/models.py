@@ -15,16 +15,23 @@ file of backbone weights (a timm ImageNet checkpoint, classifier included or not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from kdlandmark.config import HEAD_NAMES  # the optional per-landmark heads, in output order
+
 __all__ = [
     "PRESETS",
+    "HEAD_NAMES",
     "LandmarkRegressor",
+    "InferenceOutputs",
+    "head_outputs",
     "count_parameters",
     "count_flops",
     "count_macs",
@@ -32,6 +39,11 @@ __all__ = [
 
 #: Backbones of the paper's two roles (official code: EfficientNet-B3 teachers, MobileNetV2 student).
 PRESETS: dict[str, str] = {"teacher": "efficientnet_b3", "student": "mobilenetv2_100"}
+
+#: Initial guesses of the heads (their biases): points visible with probability sigmoid(2) = 0.88,
+#: errors of 2 b = 0.04 crop sides; the head weights start near zero, so every point starts there.
+_VIS_BIAS = 2.0
+_ERROR_SCALE = 0.02
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,18 +132,34 @@ class LandmarkRegressor(nn.Module):
         dropout: dropout probability before the head (0.5 in the paper's code).
         in_chans: input channels (3 for RGB).
 
+        heads: optional per-landmark outputs, any of :data:`HEAD_NAMES`: ``"visibility"`` (a logit per
+            point, positive = visible) and ``"error"`` (``log b`` per point: the scale of a radial 2D
+            Laplace of the point's error, whose mean distance is ``2 b``, in model units).  They are
+            built after the coordinate head, so a network with heads starts with the same backbone and
+            coordinate weights as one without (same seed).
+        head_hidden: width of a hidden ReLU layer in each head (0: one linear layer).
+        detach_heads: the heads see the pooled features detached (their losses leave the backbone
+            alone); a training choice, not part of the architecture.
+
     Input: float ``(B, in_chans, H, W)`` in ``[0, 1]``, RGB.  The backbone's mean/std normalisation
     is applied inside (non-persistent buffers: they are rebuilt from the backbone name, and an ONNX
-    export bakes them in).
+    export bakes them in).  ``model(x)`` returns the coordinates; ``model(x, heads=True)`` returns
+    ``(coordinates, visibility logits, log b)`` (the last two ``None`` for a head the model lacks).
     """
 
     def __init__(self, backbone: str, num_points: int, *, pretrained: bool | str = False,
-                 dropout: float = 0.5, in_chans: int = 3) -> None:
+                 dropout: float = 0.5, in_chans: int = 3, heads: tuple[str, ...] | list[str] = (),
+                 head_hidden: int = 0, detach_heads: bool = False) -> None:
         super().__init__()
         if num_points <= 0:
             raise ValueError(f"num_points must be positive, got {num_points}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        unknown = [h for h in heads if h not in HEAD_NAMES]
+        if unknown or len(set(heads)) != len(heads):
+            raise ValueError(f"heads must be distinct names of {HEAD_NAMES}, got {list(heads)}")
+        if head_hidden < 0:
+            raise ValueError(f"head_hidden must be >= 0, got {head_hidden}")
         self.backbone_name = backbone
         self.num_points = int(num_points)
         self.dropout_p = float(dropout)
@@ -148,6 +176,26 @@ class LandmarkRegressor(nn.Module):
         # of the ~0.5 (half a crop) errors of a default-initialised head
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
+        # the optional heads come last: the backbone and the coordinate head draw the same random numbers
+        self.heads = tuple(h for h in HEAD_NAMES if h in heads)
+        self.head_hidden = int(head_hidden)
+        self.detach_heads = bool(detach_heads)
+        bias = {"visibility": _VIS_BIAS, "error": math.log(_ERROR_SCALE)}
+        for name in self.heads:
+            setattr(self, f"{name}_head", self._make_head(self.backbone.num_features, bias[name]))
+
+    def _make_head(self, features: int, bias: float) -> nn.Module:
+        """One value per point from the pooled features: linear, or hidden ReLU layer + linear."""
+        last = nn.Linear(self.head_hidden or features, self.num_points)
+        nn.init.normal_(last.weight, std=1e-3)
+        nn.init.constant_(last.bias, bias)
+        if not self.head_hidden:
+            return last
+        return nn.Sequential(nn.Linear(features, self.head_hidden), nn.ReLU(inplace=True), last)
+
+    @property
+    def has_heads(self) -> bool:
+        return bool(self.heads)
 
     @property
     def normalisation(self) -> dict[str, list[float]]:
@@ -157,7 +205,7 @@ class LandmarkRegressor(nn.Module):
 
     def architecture(self) -> dict:
         """What rebuilds this network (without weights); stored in ``model.json``."""
-        return {
+        arch = {
             "backbone": self.backbone_name,
             "num_points": self.num_points,
             "dropout": self.dropout_p,
@@ -165,15 +213,52 @@ class LandmarkRegressor(nn.Module):
             "normalisation": self.normalisation,
             "output": "model coordinates (p - (side - 1) / 2) / side, shape (B, N, 2), x then y",
         }
+        if self.heads:  # only then: a model without heads writes exactly the model.json it always did
+            arch["heads"] = list(self.heads)
+            arch["head_hidden"] = self.head_hidden
+        return arch
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, C)`` of ``[0, 1]`` RGB images."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads: bool = False) -> Any:
         f = self.dropout(self.forward_features(x))
-        return self.head(f).view(x.shape[0], self.num_points, 2)
+        coords = self.head(f).view(x.shape[0], self.num_points, 2)
+        if not heads:
+            return coords
+        g = f.detach() if self.detach_heads else f
+        vis = self.visibility_head(g) if "visibility" in self.heads else None
+        log_b = self.error_head(g) if "error" in self.heads else None
+        return coords, vis, log_b
+
+
+def head_outputs(vis_logit: torch.Tensor | None, log_b: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What the heads mean: ``(visibility probability, expected point error in model units)``.
+
+    The error head's ``log b`` is the scale of a radial 2D Laplace, whose mean distance is ``2 b``.
+    """
+    vis = torch.sigmoid(vis_logit) if vis_logit is not None else None
+    err = 2.0 * torch.exp(log_b) if log_b is not None else None
+    return vis, err
+
+
+class InferenceOutputs(nn.Module):
+    """A :class:`LandmarkRegressor` with heads as inference (and ONNX export) sees it:
+    ``x -> (coordinates (B, N, 2), then per head (B, N): visibility probability, expected error in model
+    units)``, in :data:`HEAD_NAMES` order."""
+
+    def __init__(self, model: LandmarkRegressor) -> None:
+        super().__init__()
+        self.model = model
+        self.in_chans = model.in_chans
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        coords, vis_logit, log_b = self.model(x, heads=True)
+        vis, err = head_outputs(vis_logit, log_b)
+        return (coords, *(t for t in (vis, err) if t is not None))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -60,7 +60,7 @@ from kdlandmark.config import (
 from kdlandmark.data.augment import BatchAugmenter
 from kdlandmark.data.store import view_scale
 from kdlandmark.evaluate.metrics import nme_per_image
-from kdlandmark.losses import kd_loss, l2_loss
+from kdlandmark.losses import error_nll, kd_loss, l2_loss, visibility_loss
 from kdlandmark.modelfile.checkpoint import load_checkpoint
 from kdlandmark.models import LandmarkRegressor, count_parameters
 from kdlandmark.train import checkpoint as ckpt
@@ -160,8 +160,10 @@ def build_student(cfg: TrainConfig, num_points: int, device: torch.device, dist:
                   ) -> tuple[nn.Module, torch.optim.swa_utils.AveragedModel | None, nn.Module]:
     """The network being trained, its EMA copy (``optim.ema_decay``) and the module the steps run (DDP,
     ``torch.compile``)."""
+    heads = cfg.model.heads
     model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points, pretrained=cfg.model.pretrained,
-                                         dropout=cfg.model.dropout)
+                                         dropout=cfg.model.dropout, heads=heads.names,
+                                         head_hidden=heads.hidden, detach_heads=heads.detach)
     if cfg.batchnorm == "sync" and dist.enabled:
         if device.type != "cuda":
             raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
@@ -298,8 +300,10 @@ class Trainer:
     def batch(self, idx: torch.Tensor, mark: Mark | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Augmented input batch and its targets (model coords) for training-set rows ``idx``.
 
-        ``mark``: called with ``"data_wait"`` once the images are on the device and ``"augmentation"``
-        once the batch is ready.
+        Targets: the hard landmarks, the soft ones (Tolerant-Teacher), and last, for a model with a
+        visibility head, the ``(B, N)`` bool mask of points hidden in the input
+        (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with ``"data_wait"`` once the images
+        are on the device and ``"augmentation"`` once the batch is ready.
         """
         images = fetch(self.data.train_images, idx, self.device)
         if mark is not None:
@@ -309,7 +313,14 @@ class Trainer:
         if self.data.train_soft is not None:
             lms.append(self.data.train_soft.index_select(0, idx_dev))
         with torch.no_grad():
-            x, targets = self.augmenter(images, lms, train=self.cfg.random_augment, generator=self.aug_gen)
+            train = self.cfg.random_augment
+            if self.data.train_occluded is not None:
+                occ = self.data.train_occluded.index_select(0, idx_dev)
+                x, targets, hidden = self.augmenter.with_visibility(images, lms, occ, train=train,
+                                                                    generator=self.aug_gen)
+                targets.append(hidden)
+            else:
+                x, targets = self.augmenter(images, lms, train=train, generator=self.aug_gen)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if mark is not None:
@@ -343,6 +354,22 @@ class Trainer:
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
+    def _head_losses(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], pred: torch.Tensor,
+                     vis_logit: torch.Tensor | None, log_b: torch.Tensor | None, targets: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The role's loss plus the weighted head terms (the error is measured to the hard landmarks)."""
+        weights = self.cfg.model.heads
+        terms = dict(terms)
+        if vis_logit is not None:
+            vis = visibility_loss(vis_logit, targets[-1])
+            loss = loss + weights.visibility * vis
+            terms["visibility"] = vis.detach()
+        if log_b is not None:
+            nll = error_nll(log_b, pred, targets[0])
+            loss = loss + weights.error * nll
+            terms["error_nll"] = nll.detach()
+        return loss, terms
+
     def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None
                  ) -> dict[str, torch.Tensor]:
         """One optimiser step on a ready batch (the teachers' forwards included for KD); detached terms.
@@ -353,9 +380,13 @@ class Trainer:
         teachers = self.teacher_predict(x) if self.uses_teachers else None
         if mark is not None:
             mark("teacher_forwards")
+        heads = self.model.has_heads  # type: ignore[union-attr]
         with self._autocast():
-            pred = self.train_model(x)
+            out = self.train_model(x, heads=True) if heads else self.train_model(x)
+        pred = out[0] if heads else out
         loss, terms = self._loss(pred.float(), targets, teachers)
+        if heads:
+            loss, terms = self._head_losses(loss, terms, pred.float(), out[1], out[2], targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:
