@@ -315,6 +315,22 @@ def _cmd_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pts", dest="pts", action="store_true", default=None,
                    help="write 1-based .pts files (default: on for the 300w layout)")
     p.add_argument("--no-pts", dest="pts", action="store_false", help="do not write .pts files")
+    p.add_argument("--confidence", action="store_true",
+                   help="require a model with visibility and error heads (their outputs are written "
+                        "whenever a model has them; hidden points are drawn in red)")
+    v = p.add_argument_group("video (--smooth: track faces from frame to frame and smooth the landmarks)")
+    v.add_argument("--smooth", action="store_true",
+                   help="videos: crop each frame around the landmarks of the frame before (the detector "
+                        "runs only when a face is lost, on --redetect-every, or at a scene cut) and smooth "
+                        "the landmarks with a One Euro filter")
+    v.add_argument("--min-cutoff", type=_positive_float, default=None,
+                   help="One Euro cutoff of a still face in Hz: lower smooths more (default: tuned, "
+                        "docs/INFERENCE.md)")
+    v.add_argument("--beta", type=float, default=None,
+                   help="One Euro speed coefficient per face size per second: higher lags less (default: "
+                        "tuned, docs/INFERENCE.md)")
+    v.add_argument("--redetect-every", type=_non_negative_int, default=0,
+                   help="also run the detector every N frames to pick up new faces (0: only when needed)")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.infer.predict import predict_main

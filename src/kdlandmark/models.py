@@ -246,16 +246,19 @@ def head_outputs(vis_logit: torch.Tensor | None, log_b: torch.Tensor | None
 
 
 class InferenceOutputs(nn.Module):
-    """A :class:`LandmarkRegressor` with heads as inference (and ONNX export) sees it:
-    ``x -> (coordinates (B, N, 2), then per head (B, N): visibility probability, expected error in model
-    units)``, in :data:`HEAD_NAMES` order."""
+    """A :class:`LandmarkRegressor` as inference (and ONNX export) sees it, with one input and nothing
+    else to pass: ``x -> coordinates (B, N, 2)`` for a plain model; with heads ``x -> (coordinates, then
+    per head (B, N): visibility probability, expected error in model units)``, in :data:`HEAD_NAMES`
+    order."""
 
     def __init__(self, model: LandmarkRegressor) -> None:
         super().__init__()
         self.model = model
         self.in_chans = model.in_chans
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not self.model.heads:
+            return self.model(x)
         coords, vis_logit, log_b = self.model(x, heads=True)
         vis, err = head_outputs(vis_logit, log_b)
         return (coords, *(t for t in (vis, err) if t is not None))

@@ -68,7 +68,7 @@ from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_
 from kdlandmark.train.logs import RunLog
 from kdlandmark.train.tensors import fetch, load_training_tensors
 
-__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student"]
+__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student", "head_losses"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 #: ``mark(phase)`` is called after each phase of a step (``kdlandmark bench train`` times them).
@@ -211,6 +211,24 @@ def _open_run(trainer: Trainer) -> RunLog:
     return log
 
 
+def head_losses(weights: Any, loss: torch.Tensor, terms: dict[str, torch.Tensor], pred: torch.Tensor,
+                vis_logit: torch.Tensor | None, log_b: torch.Tensor | None, targets: list[torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The role's ``loss`` plus the confidence heads' terms weighted by ``weights`` (a
+    :class:`~kdlandmark.config.HeadsConfig`): visibility BCE against the hidden mask (the last target),
+    error NLL against the hard landmarks (the first target, whatever the role trains on)."""
+    terms = dict(terms)
+    if vis_logit is not None:
+        vis = visibility_loss(vis_logit, targets[-1])
+        loss = loss + weights.visibility * vis
+        terms["visibility"] = vis.detach()
+    if log_b is not None:
+        nll = error_nll(log_b, pred, targets[0])
+        loss = loss + weights.error * nll
+        terms["error_nll"] = nll.detach()
+    return loss, terms
+
+
 # --------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Train one role on a prepared set; see the module docstring and docs/TRAINING.md.
@@ -300,10 +318,9 @@ class Trainer:
     def batch(self, idx: torch.Tensor, mark: Mark | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Augmented input batch and its targets (model coords) for training-set rows ``idx``.
 
-        Targets: the hard landmarks, the soft ones (Tolerant-Teacher), and last, for a model with a
-        visibility head, the ``(B, N)`` bool mask of points hidden in the input
-        (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with ``"data_wait"`` once the images
-        are on the device and ``"augmentation"`` once the batch is ready.
+        Targets: hard landmarks, soft ones (Tolerant-Teacher), last (visibility head only) the ``(B, N)``
+        bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with
+        ``"data_wait"`` once the images are on the device and ``"augmentation"`` once the batch is ready.
         """
         images = fetch(self.data.train_images, idx, self.device)
         if mark is not None:
@@ -354,22 +371,6 @@ class Trainer:
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
-    def _head_losses(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], pred: torch.Tensor,
-                     vis_logit: torch.Tensor | None, log_b: torch.Tensor | None, targets: list[torch.Tensor]
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The role's loss plus the weighted head terms (the error is measured to the hard landmarks)."""
-        weights = self.cfg.model.heads
-        terms = dict(terms)
-        if vis_logit is not None:
-            vis = visibility_loss(vis_logit, targets[-1])
-            loss = loss + weights.visibility * vis
-            terms["visibility"] = vis.detach()
-        if log_b is not None:
-            nll = error_nll(log_b, pred, targets[0])
-            loss = loss + weights.error * nll
-            terms["error_nll"] = nll.detach()
-        return loss, terms
-
     def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None
                  ) -> dict[str, torch.Tensor]:
         """One optimiser step on a ready batch (the teachers' forwards included for KD); detached terms.
@@ -383,10 +384,10 @@ class Trainer:
         heads = self.model.has_heads  # type: ignore[union-attr]
         with self._autocast():
             out = self.train_model(x, heads=True) if heads else self.train_model(x)
-        pred = out[0] if heads else out
-        loss, terms = self._loss(pred.float(), targets, teachers)
+        pred = (out[0] if heads else out).float()
+        loss, terms = self._loss(pred, targets, teachers)
         if heads:
-            loss, terms = self._head_losses(loss, terms, pred.float(), out[1], out[2], targets)
+            loss, terms = head_losses(self.cfg.model.heads, loss, terms, pred, out[1], out[2], targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:
