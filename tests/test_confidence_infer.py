@@ -30,8 +30,8 @@ def checkpoint(tmp_path_factory):
                             head_hidden=16).eval()
     with torch.no_grad():                      # outputs that vary from point to point and image to image
         net.head.weight.normal_(0, 0.05)
-        net.visibility_head[2].weight.normal_(0, 0.5)
-        net.error_head[2].weight.normal_(0, 0.2)
+        net.visibility_head.mlp[2].weight.normal_(0, 0.5)
+        net.error_head.mlp[2].weight.normal_(0, 0.2)
     crop = {"margin": 0.15, "context_margin": 0.4, "stored_size": 72}
     return save_model_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", net, layout=LAYOUT,
                                  input_size=SIZE, crop=crop)

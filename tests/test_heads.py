@@ -50,6 +50,27 @@ def test_heads_come_after_the_coordinates_and_change_nothing_of_them():
         LandmarkRegressor("mobilenetv2_035", 29, heads=("confidence",))
 
 
+def test_the_point_heads_look_at_their_own_point():
+    torch.manual_seed(0)
+    net = LandmarkRegressor("mobilenetv2_035", 29, dropout=0.0, heads=HEAD_NAMES, head_hidden=8).eval()
+    spread = torch.linspace(-0.35, 0.35, 29)
+    with torch.no_grad():                       # points spread over the crop, whatever the image
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.stack([spread, spread.flip(0)], dim=-1).reshape(-1))
+        net.visibility_head.mlp[2].weight.normal_(0, 1.0)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        coords, vis, _ = net(x, heads=True)
+        k = 3
+        px = ((coords[0, k] * 96) + 47.5).round().long()
+        y = x.clone()
+        y[..., max(0, px[1] - 6):px[1] + 7, max(0, px[0] - 6):px[0] + 7] = 1.0     # paint over point k
+        _, vis2, _ = net(y, heads=True)
+    change = (vis2 - vis).abs()[0]
+    far = change[(torch.arange(29) - k).abs() > 8]
+    assert change[k] > 5 * far.mean()
+
+
 def test_head_outputs_mean_probability_and_mean_distance():
     vis, err = head_outputs(torch.tensor([0.0, 2.0]), torch.log(torch.tensor([0.5, 1.0])))
     assert torch.allclose(vis, torch.sigmoid(torch.tensor([0.0, 2.0])))

@@ -264,15 +264,16 @@ class HeadsConfig:
         error: weight of the error head's loss: negative log-likelihood of the point's distance to the
             ground truth under a radial 2D Laplace of scale ``b`` (predicted), whose mean distance is
             ``2 b``; the coordinates are detached in it, so it trains the head only.
-        hidden: width of a hidden layer (ReLU) in each head; 0 makes each head one linear layer on the
-            pooled features, like the coordinate head.
+        hidden: width of the hidden ReLU layer of each head (:class:`kdlandmark.models.PointHead`, which
+            reads the backbone's stride-16 features at the predicted point, the pooled features and an
+            embedding of the point); 0 makes each head linear.
         detach: the heads see the features detached, so their losses do not train the backbone (the
             coordinates then train exactly as without the heads).
     """
 
     visibility: float = 0.0
     error: float = 0.0
-    hidden: int = 0
+    hidden: int = 64
     detach: bool = False
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "HEAD_NAMES",
     "LandmarkRegressor",
     "InferenceOutputs",
+    "PointHead",
     "head_outputs",
     "count_parameters",
     "count_flops",
@@ -134,12 +135,14 @@ class LandmarkRegressor(nn.Module):
 
         heads: optional per-landmark outputs, any of :data:`HEAD_NAMES`: ``"visibility"`` (a logit per
             point, positive = visible) and ``"error"`` (``log b`` per point: the scale of a radial 2D
-            Laplace of the point's error, whose mean distance is ``2 b``, in model units).  They are
-            built after the coordinate head, so a network with heads starts with the same backbone and
-            coordinate weights as one without (same seed).
-        head_hidden: width of a hidden ReLU layer in each head (0: one linear layer).
-        detach_heads: the heads see the pooled features detached (their losses leave the backbone
-            alone); a training choice, not part of the architecture.
+            Laplace of the point's error, whose mean distance is ``2 b``, in model units).  Each is a
+            :class:`PointHead`: it reads the backbone's stride-16 feature map at the point's predicted
+            position (what is *there*: skin, hand, scarf, border) together with the pooled features and
+            a learnt embedding of the point.  They are built after the coordinate head, so a network
+            with heads starts with the same backbone and coordinate weights as one without (same seed).
+        head_hidden: width of the hidden ReLU layer of each head (0: linear).
+        detach_heads: the heads see the features detached (their losses leave the backbone alone); a
+            training choice, not part of the architecture.
 
     Input: float ``(B, in_chans, H, W)`` in ``[0, 1]``, RGB.  The backbone's mean/std normalisation
     is applied inside (non-persistent buffers: they are rebuilt from the backbone name, and an ONNX
@@ -180,18 +183,13 @@ class LandmarkRegressor(nn.Module):
         self.heads = tuple(h for h in HEAD_NAMES if h in heads)
         self.head_hidden = int(head_hidden)
         self.detach_heads = bool(detach_heads)
-        bias = {"visibility": _VIS_BIAS, "error": math.log(_ERROR_SCALE)}
-        for name in self.heads:
-            setattr(self, f"{name}_head", self._make_head(self.backbone.num_features, bias[name]))
-
-    def _make_head(self, features: int, bias: float) -> nn.Module:
-        """One value per point from the pooled features: linear, or hidden ReLU layer + linear."""
-        last = nn.Linear(self.head_hidden or features, self.num_points)
-        nn.init.normal_(last.weight, std=1e-3)
-        nn.init.constant_(last.bias, bias)
-        if not self.head_hidden:
-            return last
-        return nn.Sequential(nn.Linear(features, self.head_hidden), nn.ReLU(inplace=True), last)
+        self.head_stage = -1
+        if self.heads:
+            self.head_stage, local = _local_stage(self.backbone, backbone)
+            bias = {"visibility": _VIS_BIAS, "error": math.log(_ERROR_SCALE)}
+            for name in self.heads:
+                setattr(self, f"{name}_head", PointHead(local, self.backbone.num_features, self.num_points,
+                                                        self.head_hidden, bias[name]))
 
     @property
     def has_heads(self) -> bool:
@@ -224,14 +222,66 @@ class LandmarkRegressor(nn.Module):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor, heads: bool = False) -> Any:
-        f = self.dropout(self.forward_features(x))
-        coords = self.head(f).view(x.shape[0], self.num_points, 2)
         if not heads:
-            return coords
-        g = f.detach() if self.detach_heads else f
-        vis = self.visibility_head(g) if "visibility" in self.heads else None
-        log_b = self.error_head(g) if "error" in self.heads else None
+            f = self.dropout(self.forward_features(x))
+            return self.head(f).view(x.shape[0], self.num_points, 2)
+        if not self.heads:
+            raise ValueError("this network has no confidence heads")
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        final, stages = self.backbone.forward_intermediates(x, indices=[self.head_stage], norm=False)
+        f = self.dropout(self.backbone.forward_head(final, pre_logits=True))
+        coords = self.head(f).view(x.shape[0], self.num_points, 2)
+        # the stride-16 features at each predicted point: a grid value g addresses pixel (g + 1) S / 2 - 1/2
+        # (align_corners=False), so the model coordinate u = (p - (S - 1) / 2) / S is g = 2 u, at any S
+        grid = (2.0 * coords.detach()).unsqueeze(2)
+        local = nn.functional.grid_sample(stages[0], grid.to(stages[0].dtype), mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+        local = local.squeeze(-1).transpose(1, 2)                              # (B, N, C)
+        g = f
+        if self.detach_heads:
+            local, g = local.detach(), f.detach()
+        vis = self.visibility_head(local, g) if "visibility" in self.heads else None
+        log_b = self.error_head(local, g) if "error" in self.heads else None
         return coords, vis, log_b
+
+
+def _local_stage(backbone: nn.Module, name: str) -> tuple[int, int]:
+    """The index (in ``feature_info``) and channels of the backbone's stride-16 stage (the deepest stage
+    of stride at most 16) for :class:`PointHead`."""
+    info = list(getattr(backbone, "feature_info", None) or [])
+    if not info or not hasattr(backbone, "forward_intermediates"):
+        raise ValueError(f"backbone {name!r} gives no intermediate features (timm forward_intermediates): "
+                         "it cannot carry the confidence heads")
+    ok = [i for i, d in enumerate(info) if int(d["reduction"]) <= 16]
+    if not ok:
+        raise ValueError(f"backbone {name!r} has no stage of stride 16 or finer for the confidence heads")
+    return ok[-1], int(info[ok[-1]]["num_chs"])
+
+
+class PointHead(nn.Module):
+    """One value per landmark: an MLP on the backbone's local features at the landmark, a projection of
+    the pooled features, and a learnt embedding of the landmark (which point it is).
+
+    Input: local ``(B, N, C)``, pooled ``(B, F)``; output ``(B, N)``.  The last layer starts near zero
+    with the bias ``bias``, so every point starts at the same value.
+    """
+
+    def __init__(self, local: int, pooled: int, num_points: int, hidden: int, bias: float,
+                 embed: int = 16, glob: int = 32) -> None:
+        super().__init__()
+        self.glob = nn.Linear(pooled, glob)
+        self.embed = nn.Parameter(0.1 * torch.randn(num_points, embed))
+        width = local + glob + embed
+        last = nn.Linear(hidden or width, 1)
+        nn.init.normal_(last.weight, std=1e-3)
+        nn.init.constant_(last.bias, bias)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), last) if hidden else last
+
+    def forward(self, local: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        b, n, _ = local.shape
+        g = self.glob(pooled).unsqueeze(1).expand(b, n, -1)
+        e = self.embed.to(local.dtype).unsqueeze(0).expand(b, n, -1)
+        return self.mlp(torch.cat([local, g.to(local.dtype), e], dim=-1)).squeeze(-1)
 
 
 def head_outputs(vis_logit: torch.Tensor | None, log_b: torch.Tensor | None
