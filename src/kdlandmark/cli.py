@@ -237,12 +237,55 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-runs", type=_non_negative_int, default=20,
                    help="timed CPU forwards at batch 1 (0: skip)")
     p.add_argument("--name", default=None, help="model label in tables")
+    v = p.add_argument_group("video (--video CLIPS: clips of kdlandmark synth --video; per-frame NME and "
+                             "jitter frame by frame, smoothed, tracked, tracked and smoothed)")
+    v.add_argument("--video", nargs="+", type=Path, default=None, metavar="CLIP_OR_DIR",
+                   help="score the model on these clips (.mp4 with its .json ground truth, or folders)")
+    v.add_argument("--detector", default="truth-jitter",
+                   help="truth-jitter: the true landmark box with 3 %% edge jitter per frame (a simulated "
+                        "detector); or auto, mtcnn, haar")
+    v.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
+    v.add_argument("--min-cutoff", type=_positive_float, default=None, help="One Euro min_cutoff (Hz)")
+    v.add_argument("--beta", type=float, default=None, help="One Euro beta (per face size per second)")
+    v.add_argument("--crop-from", choices=["raw", "smoothed"], default="raw",
+                   help="tracking crops around the raw or the smoothed landmarks")
+    v.add_argument("--plot", type=Path, default=None,
+                   help="also draw per-frame NME and jitter of the first clip into this PNG")
+    v.add_argument("--no-timing", action="store_true", help="skip the per-frame cost measurement")
     p.set_defaults(func=_run_evaluate)
+
+
+def _run_video_evaluate(a: argparse.Namespace) -> int:
+    from kdlandmark.infer.landmarker import Landmarker
+    from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
+    from kdlandmark.infer.video import TRUTH_JITTER, VIDEO_METRICS, evaluate_videos, format_video_table
+
+    if a.model is None:
+        raise UserError("--video needs --model")
+    detector = None if a.detector == TRUTH_JITTER else a.detector
+    lmk = Landmarker.from_checkpoint(a.model, backend=a.backend, detector=detector, threads=1, batch_size=1)
+    out = Path(a.out) if a.out is not None else Path(a.model).resolve().parent.parent / "eval-video"
+    result = evaluate_videos(lmk, a.video, out_dir=out, detector=a.detector,
+                             min_cutoff=DEFAULT_MIN_CUTOFF if a.min_cutoff is None else a.min_cutoff,
+                             beta=DEFAULT_BETA if a.beta is None else a.beta, crop_from=a.crop_from,
+                             timing=not a.no_timing)
+    print(format_video_table(result))
+    print(f"metrics: {out / VIDEO_METRICS}")
+    if a.plot is not None:
+        from kdlandmark.evaluate.plots import save_png, video_figure
+
+        clip = result["clips"][0]
+        series = {m: clip["modes"][m]["series"] for m in ("frame", "track", "track+smooth")}
+        save_png(video_figure(series, title=f"{Path(clip['clip']).name}: {result['layout']} model"), a.plot)
+        print(f"plot: {a.plot}")
+    return 0
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
     from kdlandmark.evaluate import evaluator as ev
 
+    if a.video is not None:
+        return _run_video_evaluate(a)
     if a.rescore is not None:
         out = Path(a.out) / ev.METRICS_JSON if a.out is not None else None
         result = ev.rescore(a.rescore, a.normalisation, a.threshold, bootstrap=a.bootstrap, out=out)
