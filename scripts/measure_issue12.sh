@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Measurements of issue 12 on a 2-core CPU (about 30 minutes): confidence heads on synthetic COFW and
+# tracking + smoothing on synthetic clips.  Results: docs/INFERENCE.md ("Video") and docs/EVALUATION.md.
+#
+#   scripts/measure_issue12.sh            # the full run (runs/issue12, raw outputs in docs/perf/issue12)
+#   TINY=1 scripts/measure_issue12.sh     # a one-minute smoke test of the script (runs/issue12-tiny)
+#
+# 1. synthetic COFW (2000 faces, 192 px), prepare, ASM, both teachers (kdlandmark pipeline, 2 jobs);
+# 2. two KD students side by side, same seed: plain, and with the visibility and error heads;
+# 3. both evaluated on the synthetic COFW test set (occlusion P/R, AUC, NME visible/occluded, Spearman of
+#    the predicted error), compared with a paired bootstrap (kdlandmark compare);
+# 4. clips: 4 of seed 1 choose the One Euro parameters (scripts/tune_one_euro.py), 6 of seed 0 are
+#    reported (kdlandmark evaluate --video: frame by frame, smoothed, tracked, tracked and smoothed;
+#    per-frame cost of tracking against the model alone), for both students.
+# Each step is skipped when its output exists (a rerun resumes).  Env: PY (python), OUT, DOCS, TINY, JOBS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PY:-/work/main/.venv/bin/python}
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+if [ "${TINY:-0}" = 1 ]; then
+  OUT=${OUT:-runs/issue12-tiny}; DOCS=${DOCS:-runs/issue12-tiny/perf}
+  OVR=(synth.count=120 synth.size=96 teacher.optim.epochs=1 student.optim.epochs=2 kd.l2_warmup_epochs=1
+       teacher.model.input_size=32 student.model.input_size=48 "out=$OUT")
+  TUNE=(--count 1 --frames 12 --size 128); CLIPS=(--count 2 --frames 12 --size 128)
+  GRID=(--min-cutoffs 0.5 1 --betas 0 20)
+else
+  OUT=${OUT:-runs/issue12}; DOCS=${DOCS:-docs/perf/issue12}
+  OVR=("out=$OUT"); TUNE=(--count 4 --frames 100 --size 256); CLIPS=(--count 6 --frames 150 --size 256)
+  GRID=()
+fi
+K="$PY -m kdlandmark"
+JOBS=${JOBS:-2}
+HEADS=(student.model.heads.visibility=1.0 student.model.heads.error=1.0)
+mkdir -p "$OUT" "$DOCS"
+LOG="$DOCS/measure.log"
+stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+stamp "start: $(git rev-parse --short HEAD) $(nproc --all) cores, $(uname -m)"
+
+# 1. data, ASM, teachers
+t0=$(date +%s)
+$K pipeline --config scripts/issue12-cofw.yaml --stages synth prepare asm tough tolerant --jobs "$JOBS" \
+   "${OVR[@]}" >> "$OUT/pipeline.log" 2>&1
+stamp "teachers done ($(( $(date +%s) - t0 )) s)"
+
+# 2. the two KD students, side by side
+train() {  # name, overrides...
+  local name=$1; shift
+  [ -f "$OUT/$name.done" ] && return 0
+  local resume=(); [ -d "$OUT/$name/last" ] && resume=(--resume)
+  $K train --config "$OUT/config.yaml" --role kd --out "$OUT/$name" "${resume[@]}" "$@" >> "$OUT/$name.log" 2>&1
+  touch "$OUT/$name.done"
+}
+t0=$(date +%s)
+both() {  # run the two commands side by side (JOBS=2) or one after the other (JOBS=1)
+  if [ "$JOBS" -gt 1 ]; then eval "$1" & local p=$!; eval "$2"; wait $p; else eval "$1"; eval "$2"; fi
+}
+both 'train kd' 'train kd-heads "${HEADS[@]}"'
+stamp "students done ($(( $(date +%s) - t0 )) s)"
+
+# 3. still images: evaluation and the paired comparison
+evaluate() {  # name
+  [ -f "$OUT/eval/$1/metrics.json" ] && return 0
+  $K evaluate --model "$OUT/$1/best" --root "$OUT/prepared" --out "$OUT/eval/$1" --name "$1" \
+     --latency-runs 0 > "$OUT/eval-$1.log" 2>&1
+}
+both 'evaluate kd' 'evaluate kd-heads'
+$K compare "$OUT/eval/kd" "$OUT/eval/kd-heads" --out "$OUT/compare" --labels kd kd-heads > "$DOCS/compare.txt"
+for m in kd kd-heads; do
+  cp "$OUT/eval/$m/metrics.json" "$DOCS/eval_$m.json"; cp "$OUT/$m/metrics.csv" "$DOCS/train_$m.csv"
+  cat "$OUT/eval-$m.log" >> "$LOG"
+done
+cp "$OUT/compare/compare.md" "$OUT/compare/compare.json" "$DOCS/"
+stamp "still-image evaluation done"
+
+# 4. clips: tune on seed 1, report on seed 0
+[ -d "$OUT/clips-tune" ] || $K synth --video --seed 1 --out "$OUT/clips-tune" --workers $JOBS "${TUNE[@]}" > /dev/null
+[ -d "$OUT/clips" ] || $K synth --video --seed 0 --out "$OUT/clips" --workers $JOBS "${CLIPS[@]}" > /dev/null
+t0=$(date +%s)
+[ -f "$DOCS/tune_one_euro.json" ] || $PY scripts/tune_one_euro.py --model "$OUT/kd-heads/best" \
+   --clips "$OUT/clips-tune" --out "$DOCS/tune_one_euro.json" "${GRID[@]}" | tee -a "$LOG"
+stamp "One Euro grid done ($(( $(date +%s) - t0 )) s)"
+read -r MC BETA CROP < <($PY -c "import json,sys; b=json.load(open(sys.argv[1]))['best'];\
+print(b['min_cutoff'], b['beta'], b['crop_from'])" "$DOCS/tune_one_euro.json")
+for m in kd-heads kd; do
+  $K evaluate --model "$OUT/$m/best" --video "$OUT/clips" --out "$OUT/eval-video/$m" --min-cutoff "$MC" \
+     --beta "$BETA" --crop-from "$CROP" --plot "$DOCS/video_$m.png" 2>/dev/null | tee -a "$LOG"
+  $PY -c "import json,sys; d=json.load(open(sys.argv[1]));\
+[m.update(series=None) for c in d['clips'] for m in c['modes'].values()];\
+json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$OUT/eval-video/$m/video_metrics.json" "$DOCS/video_$m.json"
+done
+stamp "done"
