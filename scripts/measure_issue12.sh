@@ -89,4 +89,11 @@ for m in kd-heads kd; do
 [m.update(series=None) for c in d['clips'] for m in c['modes'].values()];\
 json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$OUT/eval-video/$m/video_metrics.json" "$DOCS/video_$m.json"
 done
+# the same clips through ONNX Runtime (exported with the heads, parity-checked): the per-frame cost where
+# the model itself is fast
+[ -f "$OUT/kd-heads/best/model.onnx" ] || $K export --model "$OUT/kd-heads/best" --format onnx \
+   | tee -a "$LOG"
+$K evaluate --model "$OUT/kd-heads/best/model.onnx" --backend onnx --video "$OUT/clips" \
+   --out "$OUT/eval-video/kd-heads-onnx" --min-cutoff "$MC" --beta "$BETA" --crop-from "$CROP" 2>/dev/null \
+   | tee -a "$LOG"
 stamp "done"
