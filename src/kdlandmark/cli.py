@@ -277,13 +277,17 @@ def _run_compare(a: argparse.Namespace) -> int:
 def _cmd_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="landmarks on images, folders or videos")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO", help="images, folders or videos")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder or exported .onnx")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint folder or exported .onnx (default: the shipped 68-point model)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                   help="default: onnx for a .onnx model, torch otherwise")
+                   help="default: onnx for a .onnx model and the shipped model, torch otherwise")
     p.add_argument("--device", default="cpu", help="PyTorch device (cpu, cuda)")
     p.add_argument("--detector", default="auto",
-                   help="auto/haar: OpenCV Haar cascade; full: each image is one pre-cropped face")
+                   help="auto/mtcnn: MTCNN (Haar cascade without its weights); haar: OpenCV Haar cascade; "
+                        "full: each image is one pre-cropped face")
+    p.add_argument("--refine", type=_non_negative_int, default=None,
+                   help="extra passes around the landmarks found (default: 1 for the shipped model, else 0)")
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
     p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")

@@ -262,11 +262,15 @@ def predict_main(args: argparse.Namespace) -> int:
     from kdlandmark.infer.detect import DetectorUnavailable
     from kdlandmark.infer.landmarker import Landmarker
 
-    backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
-    lmk = Landmarker.from_checkpoint(args.model, backend=backend, device=args.device, detector=args.detector,
-                                     batch_size=max(1, args.batch), min_score=args.min_score,
-                                     max_faces=args.max_faces)
+    common = dict(device=args.device, detector=args.detector, batch_size=max(1, args.batch),
+                  min_score=args.min_score, max_faces=args.max_faces)
+    if args.model is None:
+        lmk = Landmarker.from_pretrained(backend=args.backend or "onnx",
+                                         refine=1 if args.refine is None else args.refine, **common)
+    else:
+        backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
+        lmk = Landmarker.from_checkpoint(args.model, backend=backend, refine=args.refine or 0, **common)
     try:
         _ = lmk.detector            # build it now: a missing detector is one clear error, not one per file
     except DetectorUnavailable as exc:
