@@ -286,8 +286,8 @@ def _cmd_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", default="auto",
                    help="auto/mtcnn: MTCNN (Haar cascade without its weights); haar: OpenCV Haar cascade; "
                         "full: each image is one pre-cropped face")
-    p.add_argument("--refine", type=_non_negative_int, default=None,
-                   help="extra passes around the landmarks found (default: 1 for the shipped model, else 0)")
+    p.add_argument("--refine", type=_non_negative_int, default=0,
+                   help="extra passes, each cropping around the landmarks the last one found (default: 0)")
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
     p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")

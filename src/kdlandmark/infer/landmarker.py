@@ -244,7 +244,7 @@ class Landmarker:
 
     @classmethod
     def from_pretrained(cls, name: str = "68", *, backend: str = "onnx",
-                        detector: str | DetectorFn | None = "auto", refine: int = 1, **kwargs: Any
+                        detector: str | DetectorFn | None = "auto", refine: int = 0, **kwargs: Any
                         ) -> Landmarker:
         """The model shipped inside the package (no download): ``"68"``, the 68-point (300W/iBUG) student
         trained by ``configs/pretrained-68.yaml`` (docs/MODEL_CARD.md).
@@ -253,8 +253,8 @@ class Landmarker:
             name: a key of :data:`PRETRAINED`.
             backend: ``"onnx"`` (ONNX Runtime, the fast CPU path) or ``"torch"``.
             detector: see the class (``"auto"``: MTCNN, or Haar without its weights).
-            refine: extra passes around the first pass's landmarks (see the class; the model card
-                measures what it buys).
+            refine: extra passes around the first pass's landmarks (see the class; with the calibrated
+                MTCNN boxes they do not help the shipped model: docs/MODEL_CARD.md).
             **kwargs: as :meth:`from_checkpoint` (``device``, ``threads``, ``batch_size``, ...).
         """
         if name not in PRETRAINED:

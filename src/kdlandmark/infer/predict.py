@@ -266,11 +266,10 @@ def predict_main(args: argparse.Namespace) -> int:
     common = dict(device=args.device, detector=args.detector, batch_size=max(1, args.batch),
                   min_score=args.min_score, max_faces=args.max_faces)
     if args.model is None:
-        lmk = Landmarker.from_pretrained(backend=args.backend or "onnx",
-                                         refine=1 if args.refine is None else args.refine, **common)
+        lmk = Landmarker.from_pretrained(backend=args.backend or "onnx", refine=args.refine, **common)
     else:
         backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
-        lmk = Landmarker.from_checkpoint(args.model, backend=backend, refine=args.refine or 0, **common)
+        lmk = Landmarker.from_checkpoint(args.model, backend=backend, refine=args.refine, **common)
     try:
         _ = lmk.detector            # build it now: a missing detector is one clear error, not one per file
     except DetectorUnavailable as exc:
