@@ -260,7 +260,8 @@ class Landmarker:
         if name not in PRETRAINED:
             raise ValueError(f"unknown pretrained model {name!r}; shipped: {', '.join(sorted(PRETRAINED))}")
         folder = pretrained_dir(name)
-        return cls.from_checkpoint(folder, backend=backend, detector=detector, refine=refine, **kwargs)
+        model = folder / "model.onnx" if backend == "onnx" else folder   # the ONNX path needs no torch
+        return cls.from_checkpoint(model, backend=backend, detector=detector, refine=refine, **kwargs)
 
     @property
     def detector(self) -> DetectorFn | None:
