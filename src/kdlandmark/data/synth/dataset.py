@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -279,10 +280,12 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
                 parts[part] += 1
                 bar.update()
         else:
-            # spawn, not fork: a fork of a process whose torch/OpenCV thread pools have run can hang
-            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a fork of a process whose torch/OpenCV thread pools have run can hang; and
+            # an executor, not a Pool: a worker that dies is an error here, where a Pool waits forever
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
                 chunk = max(1, min(16, count // (4 * workers)))
-                for part, image, sample in pool.imap(_make, tasks, chunksize=chunk):
+                for part, image, sample in pool.map(_make, tasks, chunksize=chunk):
                     writer.add(part, image, sample)
                     parts[part] += 1
                     bar.update()
