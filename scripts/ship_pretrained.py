@@ -43,7 +43,25 @@ def card(run: Path) -> dict:
             "config_yaml": config, "machine": machine}
 
 
-def ship(run: Path, name: str = "68", role: str = "kd") -> Path:
+def real_face_figures(dest: Path, faces: Path, photos: Path) -> dict:
+    """The shipped files measured as tests/test_realfaces.py measures them: NME and failure rate on the
+    development faces from their true boxes (PyTorch checkpoint, ``evaluate --dataset folder``), and
+    the whole photographs end to end with the default detector (ONNX Runtime, one thread)."""
+    import tempfile
+
+    from kdlandmark.evaluate.evaluator import evaluate_checkpoint
+    from kdlandmark.evaluate.photos import photo_benchmark
+    from kdlandmark.infer.landmarker import Landmarker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = evaluate_checkpoint(dest, faces, dataset="folder", out_dir=tmp, latency_runs=0, examples=0)
+    given = {k: m["subsets"]["all"][k] for k in ("nme", "fr", "auc", "count", "nme_ci95")}
+    e2e = photo_benchmark(Landmarker.from_checkpoint(dest / "model.onnx", backend="onnx", threads=1), photos)
+    e2e.pop("per_face")
+    return {"faces": str(faces), "given_boxes_percent": given, "photos": str(photos), "end_to_end": e2e}
+
+
+def ship(run: Path, name: str = "68", role: str = "kd", realfaces: Path | None = None) -> Path:
     best = run / role / "best"
     if not (best / "model.json").is_file():
         raise SystemExit(f"error: {best}: no finished {role} model (run the pipeline first)")
@@ -52,7 +70,11 @@ def ship(run: Path, name: str = "68", role: str = "kd") -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         shutil.copy2(best / f, dest / f)
-    (dest / "card.json").write_text(json.dumps(card(run), indent=1) + "\n", encoding="utf-8")
+    figures = card(run)
+    figures["shipped_role"] = role
+    if realfaces is not None:
+        figures["real_faces"] = real_face_figures(dest, realfaces / "faces", realfaces)
+    (dest / "card.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     return dest
 
 
@@ -61,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="finished pipeline folder (e.g. runs/pretrained-68)")
     parser.add_argument("--name", default="68", choices=sorted(PRETRAINED), help="which shipped model")
     parser.add_argument("--role", default="kd", choices=["kd", "l2"], help="which student to ship")
+    parser.add_argument("--realfaces", type=Path, default=Path("../shared/realfaces"),
+                        help="the real development faces (measured into card.json; skipped if absent)")
     args = parser.parse_args(argv)
-    dest = ship(args.run, args.name, args.role)
+    realfaces = args.realfaces if (args.realfaces / "photos.json").is_file() else None
+    dest = ship(args.run, args.name, args.role, realfaces)
     print(f"shipped {args.run / args.role / 'best'} -> {dest}")
     return 0
 

@@ -190,10 +190,17 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ evaluation
 def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint by a benchmark's protocol (NME, FR, AUC)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json; "
+                     "with --photos also an exported .onnx (default there: the shipped model)")
     src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
                      help="score an earlier evaluation's predictions again (no model, no images)")
+    p.add_argument("--photos", type=Path, default=None, metavar="ROOT",
+                   help="whole photographs end to end instead of a benchmark: ROOT holds photos/ and "
+                        "photos.json (e.g. ../shared/realfaces): faces found, false positives, NME of the "
+                        "found faces against the same faces from their true boxes")
+    p.add_argument("--detector", default="auto", help="with --photos: the face detector (as predict's)")
+    p.add_argument("--refine", type=_non_negative_int, default=0, help="with --photos: refine passes")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="benchmark protocol (default: the prepared set's dataset)")
     p.add_argument("--root", type=Path, default=None,
@@ -222,6 +229,10 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(a: argparse.Namespace) -> int:
     from kdlandmark.evaluate import evaluator as ev
 
+    if a.photos is not None:
+        return _run_evaluate_photos(a)
+    if a.model is None and a.rescore is None:
+        raise UserError("one of --model, --rescore or --photos is required")
     if a.rescore is not None:
         out = Path(a.out) / ev.METRICS_JSON if a.out is not None else None
         result = ev.rescore(a.rescore, a.normalisation, a.threshold, bootstrap=a.bootstrap, out=out)
@@ -238,6 +249,24 @@ def _run_evaluate(a: argparse.Namespace) -> int:
                                     latency_runs=a.latency_runs, cache_dir=a.cache)
     print(ev.format_metrics_table(result))
     print(f"metrics: {out_dir / ev.METRICS_JSON}\npredictions: {out_dir / ev.PREDICTIONS_NPZ}")
+    return 0
+
+
+def _run_evaluate_photos(a: argparse.Namespace) -> int:
+    from kdlandmark.atomic import write_json_atomic
+    from kdlandmark.evaluate.photos import format_photo_benchmark, photo_benchmark
+    from kdlandmark.infer.predict import build_landmarker
+
+    if a.rescore is not None:
+        raise UserError("--photos takes a model (or none: the shipped one), not --rescore")
+    lmk = build_landmarker(a.model, device=a.device or "cpu", detector=a.detector, refine=a.refine,
+                           batch_size=a.batch)
+    result = photo_benchmark(lmk, a.photos)
+    print(format_photo_benchmark(result, model=lmk.source))
+    if a.out is not None:
+        write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": a.detector,
+                                                          "refine": a.refine, **result})
+        print(f"figures: {Path(a.out) / 'photos.json'}")
     return 0
 
 

@@ -29,7 +29,7 @@ from kdlandmark.errors import DatasetError
 from kdlandmark.evaluate.metrics import nme_per_image
 from kdlandmark.layouts import get_layout
 
-__all__ = ["read_photos", "photo_benchmark"]
+__all__ = ["read_photos", "photo_benchmark", "format_photo_benchmark"]
 
 
 def read_photos(root: str | Path, folder: str = "faces") -> list[tuple[Path, np.ndarray]]:
@@ -107,3 +107,17 @@ def photo_benchmark(landmarker: Any, root: str | Path, folder: str = "faces", mi
         "failure_rate_found": float(np.mean([r["nme_found"] > 0.1 for r in hit])) if hit else float("nan"),
         "per_face": rows,
     }
+
+
+def format_photo_benchmark(result: dict, *, model: str = "") -> str:
+    """Human-readable lines for a :func:`photo_benchmark` result (NME in percent)."""
+    head = f"whole photographs: {result['photos']} photos, {result['faces']} labelled faces"
+    return "\n".join([
+        head + (f" ({model})" if model else ""),
+        f"  found          {result['found']}/{result['faces']} (recall {100 * result['recall']:.1f} %), "
+        f"{result['false_positives']} false positive(s), {result['false_positives_per_photo']:.2f} per photo",
+        f"  NME found      {100 * result['nme_found']:.2f} %  (end to end, the model's own detector; "
+        f"failure rate {100 * result['failure_rate_found']:.1f} % at 0.1)",
+        f"  NME given box  {100 * result['nme_given']:.2f} %  (the same faces from their true boxes; "
+        f"every face: {100 * result['nme_given_all']:.2f} %)",
+    ])

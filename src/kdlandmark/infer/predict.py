@@ -256,20 +256,27 @@ def read_boxes_table(path: Path) -> dict[str, list]:
     return table
 
 
+def build_landmarker(model: str | Path | None, *, backend: str | None = None, **kwargs: Any) -> Any:
+    """A :class:`~kdlandmark.infer.landmarker.Landmarker` for the command line: the shipped model when
+    ``model`` is None (ONNX Runtime unless ``backend`` says otherwise), else the checkpoint or ``.onnx``
+    file (backend by its suffix unless given); ``kwargs`` as ``Landmarker.from_checkpoint``."""
+    from kdlandmark.infer.landmarker import Landmarker
+
+    if model is None:
+        return Landmarker.from_pretrained(backend=backend or "onnx", **kwargs)
+    backend = backend or ("onnx" if Path(model).suffix == ".onnx" else "torch")
+    return Landmarker.from_checkpoint(model, backend=backend, **kwargs)
+
+
 def predict_main(args: argparse.Namespace) -> int:
     """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read, 2 when
     none could (or the model or the boxes file is bad: those raise, and the command line reports them)."""
     from kdlandmark.infer.detect import DetectorUnavailable
-    from kdlandmark.infer.landmarker import Landmarker
 
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
-    common = dict(device=args.device, detector=args.detector, batch_size=max(1, args.batch),
-                  min_score=args.min_score, max_faces=args.max_faces)
-    if args.model is None:
-        lmk = Landmarker.from_pretrained(backend=args.backend or "onnx", refine=args.refine, **common)
-    else:
-        backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
-        lmk = Landmarker.from_checkpoint(args.model, backend=backend, refine=args.refine, **common)
+    lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
+                           batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
+                           refine=args.refine)
     try:
         _ = lmk.detector            # build it now: a missing detector is one clear error, not one per file
     except DetectorUnavailable as exc:
