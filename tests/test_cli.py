@@ -137,3 +137,29 @@ def test_predict_reports_some_bad_images_with_status_1(bad_files, tmp_path, caps
     assert rc == 1                                       # one image done, one refused
     assert "broken.jpg" in capsys.readouterr().err
     assert json.loads((tmp_path / "o" / "good.json").read_text())["faces"]
+
+
+def test_predict_takes_16_bit_grey_tiny_and_faceless_images(bad_files, tmp_path, capsys) -> None:
+    """16-bit and greyscale photos are read; a tiny or a faceless image gives an empty result that is
+    named, never a traceback (the default detector, MTCNN)."""
+    from kdlandmark.data.synth import render_face
+
+    ok = bad_files / "ckpt-ok"
+    if not ok.exists():
+        save_model_checkpoint(ok, LandmarkRegressor("mobilenetv2_035", 68, dropout=0.0),
+                              layout=get_layout("300w"), input_size=32)
+    image, _, _ = render_face(np.random.default_rng([5, 0]), get_layout("300w"), 256)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "face16.png"), image.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "tiny.png"), np.full((4, 4, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 90, np.uint8))
+    rc = main(["predict", str(folder), "--model", str(ok), "--out", str(tmp_path / "o"), "--json-only"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in out + err
+    faces = {n: json.loads((tmp_path / "o" / f"{n}.json").read_text())["faces"]
+             for n in ("face16", "grey", "tiny", "blank")}
+    assert len(faces["face16"]) == 1 and len(faces["grey"]) == 1
+    assert faces["tiny"] == [] and faces["blank"] == []
+    assert "blank.png" in out and "tiny.png" in out

@@ -110,3 +110,17 @@ def test_a_plain_model_gives_no_confidence_and_says_so_when_asked(tmp_path, face
     assert "visibility" not in face.to_json() and "error" not in face.to_json()
     with pytest.raises(CheckpointError, match="no confidence heads"):
         lmk.require_heads()
+
+
+def test_refine_passes_report_the_confidence_of_the_last_pass(checkpoint, faces):
+    lmk = Landmarker.from_checkpoint(checkpoint, detector=None, refine=1)
+    img, lm = faces[0]
+    face = lmk(img, boxes=[landmark_box(lm)])[0]
+    # the second pass crops around the first pass's landmarks: its box, landmarks and heads are reported
+    first = lmk.landmarks_in_boxes(img, [landmark_box(lm)])
+    box = np.concatenate([first.min(axis=1), first.max(axis=1)], axis=1)
+    again = lmk.landmarks_in_boxes(img, box, heads=(heads := {}))
+    np.testing.assert_allclose(face.box, box[0], atol=1e-4)
+    np.testing.assert_allclose(face.landmarks, again[0], atol=1e-4)
+    np.testing.assert_allclose(face.visibility, heads["visibility"][0], atol=1e-6)
+    np.testing.assert_allclose(face.error, heads["error"][0], rtol=1e-6)

@@ -456,3 +456,34 @@ def test_landmarker_runs_opencv_single_threaded_unless_told_otherwise():
         assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
+
+
+# ------------------------------------------------------------------------------------------------ refine
+def test_refine_crops_again_around_the_landmarks_of_the_previous_pass(face):
+    img, _ = face
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(-0.3, 0.25, (LAYOUT.num_points, 2)).astype(np.float32)
+    plain = Landmarker(FixedRunner(coords), _META, detector=None)
+    runner = FixedRunner(coords)
+    refined = Landmarker(runner, _META, detector=None, refine=2)
+    box = (10.0, 20.0, 90.0, 100.0)
+    first = plain(img, boxes=[box])[0].landmarks
+    second = plain(img, boxes=[landmark_box(first)])[0].landmarks
+    third = plain(img, boxes=[landmark_box(second)])[0]
+    got = refined(img, boxes=[box])[0]
+    assert len(runner.inputs) == 3                       # one call per pass
+    np.testing.assert_allclose(got.landmarks, third.landmarks, atol=1e-3)
+    assert got.box == pytest.approx(landmark_box(second), abs=1e-3)   # the box of the last crop
+    with pytest.raises(ValueError, match="refine"):
+        Landmarker(runner, _META, refine=-1)
+
+
+def test_pretrained_names_and_a_missing_shipped_model_are_clear_errors(monkeypatch, tmp_path):
+    from kdlandmark.errors import CheckpointError
+    from kdlandmark.infer import landmarker as landmarker_mod
+
+    with pytest.raises(ValueError, match="unknown pretrained model"):
+        Landmarker.from_pretrained("99")
+    monkeypatch.setitem(landmarker_mod.PRETRAINED, "gone", "no-such-folder")
+    with pytest.raises(CheckpointError, match="no-such-folder.*missing from this install"):
+        Landmarker.from_pretrained("gone")

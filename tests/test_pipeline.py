@@ -31,12 +31,19 @@ def synthetic_300w(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_then_skips_them_all(synthetic_300w: Path, tmp_path: Path, capsys) -> None:
-    exp = load_config(resolve_preset("demo"), TINY)
+    folders = [str(synthetic_300w / "lfpw" / "testset"), str(tmp_path / "not-there")]
+    exp = load_config(resolve_preset("demo"), [*TINY, f"eval.folders={json.dumps(folders)}"])
     exp.data_root, exp.out = str(synthetic_300w), str(tmp_path / "run")
     times = Pipeline(exp).run(tuple(s for s in STAGES if s != "report"))
     root = Path(exp.out)
     results = json.loads((root / "results.json").read_text())
     assert set(results["models"]) == set(ROLE_LABELS)
+    # the extra folder: every model scored on it, the KD student compared with the L2 student
+    extra = results["folders"][folders[0]]
+    assert set(extra["models"]) == set(ROLE_LABELS) and extra["kd_vs_l2"]["a"] == "Student (L2)"
+    assert list(results["folders"]) == [folders[0]]              # the missing folder was skipped
+    assert (root / "compare" / "folder-testset" / "compare.md").is_file()
+    assert "KD-Loss student minus L2 student" in (root / "results.md").read_text()
     for row in results["models"].values():
         assert {"common", "challenging", "full"} <= set(row["subsets"])
         assert 0 < row["subsets"]["full"]["nme"] < 100
@@ -49,7 +56,8 @@ def test_pipeline_runs_every_stage_then_skips_them_all(synthetic_300w: Path, tmp
     # a second run finds every expensive stage complete and skips it
     times2 = Pipeline(exp).run(tuple(s for s in STAGES if s != "report"))
     assert all(times2[s] == 0.0 for s in ("prepare", "asm", *ROLE_LABELS, "evaluate"))
-    assert "complete, skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "complete, skipped" in printed and "not-there: not found, not evaluated" in printed
 
 
 @pytest.mark.slow

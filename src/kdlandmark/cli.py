@@ -211,10 +211,20 @@ def _cmd_demo(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ evaluation
 def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint by a benchmark's protocol (NME, FR, AUC)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="checkpoint folder (e.g. runs/x/kd/best) or its model.json; "
+                     "with --photos also an exported .onnx (default there: the shipped model)")
     src.add_argument("--rescore", type=Path, metavar="EVAL_DIR",
                      help="score an earlier evaluation's predictions again (no model, no images)")
+    p.add_argument("--photos", type=Path, default=None, metavar="ROOT",
+                   help="whole photographs end to end instead of a benchmark: ROOT holds photos/ and "
+                        "photos.json (e.g. ../shared/realfaces): faces found, false positives, NME of the "
+                        "found faces against the same faces from their true boxes")
+    p.add_argument("--detector", default=None,
+                   help="with --photos: the face detector (as predict's; default auto); with --video: "
+                        "truth-jitter (default: the true landmark box with 3 %% edge jitter per frame, a "
+                        "simulated detector) or a detector name (auto, mtcnn, haar)")
+    p.add_argument("--refine", type=_non_negative_int, default=0, help="with --photos: refine passes")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="benchmark protocol (default: the prepared set's dataset)")
     p.add_argument("--root", type=Path, default=None,
@@ -241,9 +251,6 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
                              "jitter frame by frame, smoothed, tracked, tracked and smoothed)")
     v.add_argument("--video", nargs="+", type=Path, default=None, metavar="CLIP_OR_DIR",
                    help="score the model on these clips (.mp4 with its .json ground truth, or folders)")
-    v.add_argument("--detector", default="truth-jitter",
-                   help="truth-jitter: the true landmark box with 3 %% edge jitter per frame (a simulated "
-                        "detector); or auto, mtcnn, haar")
     v.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
     v.add_argument("--min-cutoff", type=_positive_float, default=None, help="One Euro min_cutoff (Hz)")
     v.add_argument("--beta", type=float, default=None, help="One Euro beta (per face size per second)")
@@ -260,12 +267,13 @@ def _run_video_evaluate(a: argparse.Namespace) -> int:
     from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
     from kdlandmark.infer.video import TRUTH_JITTER, VIDEO_METRICS, evaluate_videos, format_video_table
 
-    if a.model is None:
-        raise UserError("--video needs --model")
-    detector = None if a.detector == TRUTH_JITTER else a.detector
+    if a.model is None or a.photos is not None:
+        raise UserError("--video needs --model (and neither --rescore nor --photos)")
+    name = a.detector or TRUTH_JITTER
+    detector = None if name == TRUTH_JITTER else name
     lmk = Landmarker.from_checkpoint(a.model, backend=a.backend, detector=detector, threads=1, batch_size=1)
     out = Path(a.out) if a.out is not None else Path(a.model).resolve().parent.parent / "eval-video"
-    result = evaluate_videos(lmk, a.video, out_dir=out, detector=a.detector,
+    result = evaluate_videos(lmk, a.video, out_dir=out, detector=name,
                              min_cutoff=DEFAULT_MIN_CUTOFF if a.min_cutoff is None else a.min_cutoff,
                              beta=DEFAULT_BETA if a.beta is None else a.beta, crop_from=a.crop_from,
                              timing=not a.no_timing)
@@ -286,6 +294,10 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
     if a.video is not None:
         return _run_video_evaluate(a)
+    if a.photos is not None:
+        return _run_evaluate_photos(a)
+    if a.model is None and a.rescore is None:
+        raise UserError("one of --model, --rescore, --photos or --video is required")
     if a.rescore is not None:
         out = Path(a.out) / ev.METRICS_JSON if a.out is not None else None
         result = ev.rescore(a.rescore, a.normalisation, a.threshold, bootstrap=a.bootstrap, out=out)
@@ -302,6 +314,25 @@ def _run_evaluate(a: argparse.Namespace) -> int:
                                     latency_runs=a.latency_runs, cache_dir=a.cache)
     print(ev.format_metrics_table(result))
     print(f"metrics: {out_dir / ev.METRICS_JSON}\npredictions: {out_dir / ev.PREDICTIONS_NPZ}")
+    return 0
+
+
+def _run_evaluate_photos(a: argparse.Namespace) -> int:
+    from kdlandmark.atomic import write_json_atomic
+    from kdlandmark.evaluate.photos import format_photo_benchmark, photo_benchmark
+    from kdlandmark.infer.predict import build_landmarker
+
+    if a.rescore is not None:
+        raise UserError("--photos takes a model (or none: the shipped one), not --rescore")
+    detector = a.detector or "auto"
+    lmk = build_landmarker(a.model, device=a.device or "cpu", detector=detector, refine=a.refine,
+                           batch_size=a.batch)
+    result = photo_benchmark(lmk, a.photos)
+    print(format_photo_benchmark(result, model=lmk.source))
+    if a.out is not None:
+        write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": detector,
+                                                          "refine": a.refine, **result})
+        print(f"figures: {Path(a.out) / 'photos.json'}")
     return 0
 
 
@@ -341,13 +372,17 @@ def _run_compare(a: argparse.Namespace) -> int:
 def _cmd_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="landmarks on images, folders or videos")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO", help="images, folders or videos")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder or exported .onnx")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint folder or exported .onnx (default: the shipped 68-point model)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                   help="default: onnx for a .onnx model, torch otherwise")
+                   help="default: onnx for a .onnx model and the shipped model, torch otherwise")
     p.add_argument("--device", default="cpu", help="PyTorch device (cpu, cuda)")
     p.add_argument("--detector", default="auto",
-                   help="auto/haar: OpenCV Haar cascade; full: each image is one pre-cropped face")
+                   help="auto/mtcnn: MTCNN (Haar cascade without its weights); haar: OpenCV Haar cascade; "
+                        "full: each image is one pre-cropped face")
+    p.add_argument("--refine", type=_non_negative_int, default=0,
+                   help="extra passes, each cropping around the landmarks the last one found (default: 0)")
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
     p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")

@@ -656,12 +656,16 @@ class EvalConfig:
         failure_threshold: failure threshold and AUC limit (0.10; 0.08 for some WFLW tables).
         batch_size: faces per forward pass.
         splits: prepared splits to evaluate (``null``: every test split of the protocol).
+        folders: further folders of faces (images with ``.pts`` files, the ``folder`` dataset) every
+            model is also evaluated on, e.g. real faces; a folder that is not there is skipped with a
+            message (a relative path is taken from the current folder).
     """
 
     normalisation: str = "inter-ocular"
     failure_threshold: float = 0.1
     batch_size: int = 64
     splits: list[str] | None = None
+    folders: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

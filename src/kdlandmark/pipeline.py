@@ -82,8 +82,9 @@ class Pipeline:
     def prepared_dir(self) -> Path:
         return self.root / "prepared"
 
-    def eval_dir(self, role: str) -> Path:
-        return self.root / "eval" / role
+    def eval_dir(self, role: str, tag: str | None = None) -> Path:
+        """Where ``role``'s evaluation goes: ``eval/<role>`` (the test set), ``eval/<tag>/<role>``."""
+        return self.root / "eval" / role if tag is None else self.root / "eval" / tag / role
 
     def _timed(self, name: str, done: bool, fn: Callable[[], object]) -> float:
         if done:
@@ -146,35 +147,72 @@ class Pipeline:
         write_json_atomic(run / "result.json", result)
 
     def evaluate_done(self) -> bool:
-        return all((self.eval_dir(r) / "metrics.json").is_file() for r in ROLE_LABELS)
+        tags = [None] + [tag for _, tag in self.extra_folders()]
+        return all((self.eval_dir(r, t) / "metrics.json").is_file() for r in ROLE_LABELS for t in tags)
 
     def evaluate(self) -> None:
         from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 
         ev = self.exp.eval
         for role in ROLE_LABELS:
-            if (self.eval_dir(role) / "metrics.json").is_file():
-                continue
-            evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
-                                out_dir=self.eval_dir(role), normalisation=ev.normalisation,
-                                threshold=ev.failure_threshold, splits=ev.splits, batch=ev.batch_size,
-                                name=ROLE_LABELS[role])
+            if not (self.eval_dir(role) / "metrics.json").is_file():
+                evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
+                                    out_dir=self.eval_dir(role), normalisation=ev.normalisation,
+                                    threshold=ev.failure_threshold, splits=ev.splits, batch=ev.batch_size,
+                                    name=ROLE_LABELS[role])
+            for folder, tag in self.extra_folders():
+                out = self.eval_dir(role, tag)
+                if not (out / "metrics.json").is_file():
+                    evaluate_checkpoint(self.root / role / "best", folder, dataset="folder", out_dir=out,
+                                        normalisation=ev.normalisation, threshold=ev.failure_threshold,
+                                        batch=ev.batch_size, name=ROLE_LABELS[role], latency_runs=0)
+
+    def extra_folders(self) -> list[tuple[Path, str]]:
+        """``(folder, tag)`` of the ``eval.folders`` that are there (the others are named in the log)."""
+        found = []
+        for folder in self.exp.eval.folders:
+            path = Path(folder)
+            if path.is_dir():
+                found.append((path, f"folder-{path.name}"))
+            else:
+                self.log(f"[evaluate] {folder}: not found, not evaluated")
+        return found
 
     def results(self) -> dict:
-        """``results.json`` and ``results.md``: every model on every subset."""
+        """``results.json`` and ``results.md``: every model on every subset, then on every extra folder
+        with the KD-Loss student compared to the L2 student (paired bootstrap)."""
+        from kdlandmark.evaluate.compare import compare
+
+        ev = self.exp.eval
+        rows = self._rows(None)
+        table = results_table(rows, ev.failure_threshold)
+        out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
+               "threshold": ev.failure_threshold, "models": rows, "folders": {}}
+        text = f"# {self.exp.name}: results\n\n{table}\n"
+        for folder, tag in self.extra_folders():
+            extra = self._rows(tag)
+            cmp = compare([self.eval_dir("l2", tag), self.eval_dir("kd", tag)], self.root / "compare" / tag,
+                          labels=[ROLE_LABELS["l2"], ROLE_LABELS["kd"]])
+            sig = cmp["significance"][0] if cmp["significance"] else {}
+            out["folders"][str(folder)] = {"models": extra, "kd_vs_l2": sig}
+            text += f"\n## {folder}\n\n{results_table(extra, ev.failure_threshold)}\n\n"
+            if sig:
+                lo, hi = sig["ci95"]
+                text += (f"KD-Loss student minus L2 student, mean per-face NME: {sig['mean_diff']:+.2f} "
+                         f"points [{lo:+.2f}, {hi:+.2f}], p = {sig['p_value']:.3g} (paired bootstrap; "
+                         f"{self.root / 'compare' / tag / 'compare.md'})\n")
+        write_json_atomic(self.root / "results.json", out)
+        (self.root / "results.md").write_text(text, encoding="utf-8")
+        self.log(text)
+        return out
+
+    def _rows(self, tag: str | None) -> dict[str, dict]:
         rows = {}
         for role, label in ROLE_LABELS.items():
-            m = json.loads((self.eval_dir(role) / "metrics.json").read_text())
+            m = json.loads((self.eval_dir(role, tag) / "metrics.json").read_text())
             rows[role] = {"label": label, "subsets": m["subsets"], "params": m.get("params"),
                           "flops": m.get("flops")}
-        table = results_table(rows, self.exp.eval.failure_threshold)
-        ev = self.exp.eval
-        out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
-               "threshold": ev.failure_threshold, "models": rows}
-        write_json_atomic(self.root / "results.json", out)
-        (self.root / "results.md").write_text(f"# {self.exp.name}: results\n\n{table}\n", encoding="utf-8")
-        self.log(table)
-        return out
+        return rows
 
     def report(self) -> None:
         from kdlandmark.evaluate.report import write_report

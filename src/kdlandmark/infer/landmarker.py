@@ -39,7 +39,14 @@ from kdlandmark.infer.export import INPUT_NAME, build_onnx, load_onnx, onnx_sess
 from kdlandmark.layouts import Layout
 from kdlandmark.modelfile.meta import ModelMeta
 
-__all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike"]
+#: Pretrained models shipped inside the package (``src/kdlandmark/pretrained/<folder>``): name -> folder.
+PRETRAINED = {"68": "kdlandmark-68"}
+
+__all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike", "PRETRAINED",
+           "pretrained_dir"]
+
+#: Models shipped inside the package (``src/kdlandmark/pretrained/<folder>``): name -> folder.
+PRETRAINED = {"68": "kdlandmark-68"}
 
 ImageLike = Any  # str | Path | np.ndarray (BGR) | PIL.Image.Image (RGB)
 BoxesLike = Any  # (F, 4) array-like of boxes, or a sequence of ((x0, y0, x1, y1), score)
@@ -190,6 +197,8 @@ class Landmarker:
         min_score: drop detections scoring below this.
         max_faces: keep at most this many faces per image (highest scores first).
         antialias: area-reduce before warping when the crop shrinks the image below half size.
+        refine: extra passes per face: each crops again around the landmarks the previous pass found
+            (their landmark box), which makes the result less dependent on the detector's box.
         cv2_threads: ``cv2.setNumThreads`` value set when the landmarker is built (process-wide), 1 by
             default: a crop is far too small to gain from threads, and OpenCV's thread pool spinning
             next to PyTorch's or ONNX Runtime's threads made one end-to-end face 60x slower than the
@@ -200,7 +209,7 @@ class Landmarker:
     def __init__(self, runner: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, *,
                  source: str | Path = "<model>", detector: str | DetectorFn | None = "auto",
                  batch_size: int = 16, min_score: float | None = None, max_faces: int | None = None,
-                 antialias: bool = True, cv2_threads: int | None = 1) -> None:
+                 antialias: bool = True, refine: int = 0, cv2_threads: int | None = 1) -> None:
         self.runner = runner
         self.meta = meta
         self.source = str(source)
@@ -213,6 +222,9 @@ class Landmarker:
         self.min_score = min_score
         self.max_faces = max_faces
         self.antialias = bool(antialias)
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0, got {refine}")
+        self.refine = int(refine)
         if cv2_threads is not None:
             cv2.setNumThreads(int(cv2_threads))
         s = self.input_size
@@ -239,7 +251,8 @@ class Landmarker:
             batch_size: faces per model call.
             threads: CPU threads for the model (PyTorch: ``torch.set_num_threads``, process-wide).
             compile: ``torch.compile`` the model (torch backend).
-            **kwargs: ``min_score``, ``max_faces``, ``antialias``, ``cv2_threads`` (see the class).
+            **kwargs: ``min_score``, ``max_faces``, ``antialias``, ``refine``, ``cv2_threads`` (see the
+                class).
 
         Loading never executes code (safetensors, JSON, ONNX protobuf); malformed, truncated or
         mismatched files raise :class:`~kdlandmark.errors.CheckpointError` naming the file.
@@ -262,6 +275,27 @@ class Landmarker:
             model, meta = load_checkpoint(p, device=device, layout=layout)
             runner, source = TorchRunner(model, device, compile=compile), p
         return cls(runner, meta, source=source, detector=detector, batch_size=batch_size, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str = "68", *, backend: str = "onnx",
+                        detector: str | DetectorFn | None = "auto", refine: int = 0, **kwargs: Any
+                        ) -> Landmarker:
+        """The model shipped inside the package (no download): ``"68"``, the 68-point (300W/iBUG) student
+        trained by ``configs/pretrained-68.yaml`` (docs/MODEL_CARD.md).
+
+        Args:
+            name: a key of :data:`PRETRAINED`.
+            backend: ``"onnx"`` (ONNX Runtime, the fast CPU path) or ``"torch"``.
+            detector: see the class (``"auto"``: MTCNN, or Haar without its weights).
+            refine: extra passes around the first pass's landmarks (see the class; with the calibrated
+                MTCNN boxes they do not help the shipped model: docs/MODEL_CARD.md).
+            **kwargs: as :meth:`from_checkpoint` (``device``, ``threads``, ``batch_size``, ...).
+        """
+        if name not in PRETRAINED:
+            raise ValueError(f"unknown pretrained model {name!r}; shipped: {', '.join(sorted(PRETRAINED))}")
+        folder = pretrained_dir(name)
+        model = folder / "model.onnx" if backend == "onnx" else folder   # the ONNX path needs no torch
+        return cls.from_checkpoint(model, backend=backend, detector=detector, refine=refine, **kwargs)
 
     @property
     def detector(self) -> DetectorFn | None:
@@ -311,9 +345,14 @@ class Landmarker:
         results: list[list[FaceLandmarks]] = [[] for _ in bgrs]
         if not faces:
             return results
+        crop_boxes = np.asarray([f[0] for f in faces], np.float64)
         heads: dict = {}
-        lms = self.landmarks_in_boxes(bgrs, [f[0] for f in faces], owners, heads=heads)
-        for i, (k, (box, score), lm) in enumerate(zip(owners, faces, lms, strict=True)):
+        lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners, heads=heads)
+        for _ in range(self.refine):
+            crop_boxes = np.concatenate([lms.min(axis=1), lms.max(axis=1)], axis=1).astype(np.float64)
+            heads = {}
+            lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners, heads=heads)
+        for i, (k, box, (_, score), lm) in enumerate(zip(owners, crop_boxes, faces, lms, strict=True)):
             results[k].append(FaceLandmarks(lm, tuple(float(v) for v in box), float(score), self.layout,
                                             **_face_heads(heads, i)))
         return results
@@ -465,3 +504,15 @@ def _open_onnx_for(path: Path, layout: Layout | str | None, threads: int | None
     model, ckpt_meta = load_checkpoint(path, device="cpu", layout=layout)
     data, meta = build_onnx(model, ckpt_meta, source=meta_path.parent)
     return onnx_session(data, threads=threads, where=meta_path), meta, meta_path.parent
+
+
+def pretrained_dir(name: str = "68") -> Path:
+    """The folder of a shipped model (``model.json``, ``model.safetensors``, ``model.onnx``,
+    ``model.onnx.json``); :class:`~kdlandmark.errors.CheckpointError` when this install lacks it."""
+    from kdlandmark.errors import CheckpointError
+
+    folder = Path(__file__).resolve().parents[1] / "pretrained" / PRETRAINED[name]
+    if not (folder / "model.json").is_file():
+        raise CheckpointError(folder, "the shipped model is missing from this install; remake it with "
+                                      "kdlandmark pipeline --config pretrained-68 (docs/MODEL_CARD.md)")
+    return folder

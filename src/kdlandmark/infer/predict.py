@@ -352,11 +352,22 @@ def read_boxes_table(path: Path) -> dict[str, list]:
     return table
 
 
+def build_landmarker(model: str | Path | None, *, backend: str | None = None, **kwargs: Any) -> Any:
+    """A :class:`~kdlandmark.infer.landmarker.Landmarker` for the command line: the shipped model when
+    ``model`` is None (ONNX Runtime unless ``backend`` says otherwise), else the checkpoint or ``.onnx``
+    file (backend by its suffix unless given); ``kwargs`` as ``Landmarker.from_checkpoint``."""
+    from kdlandmark.infer.landmarker import Landmarker
+
+    if model is None:
+        return Landmarker.from_pretrained(backend=backend or "onnx", **kwargs)
+    backend = backend or ("onnx" if Path(model).suffix == ".onnx" else "torch")
+    return Landmarker.from_checkpoint(model, backend=backend, **kwargs)
+
+
 def predict_main(args: argparse.Namespace) -> int:
     """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read, 2 when
     none could (or the model or the boxes file is bad: those raise, and the command line reports them)."""
     from kdlandmark.infer.detect import DetectorUnavailable
-    from kdlandmark.infer.landmarker import Landmarker
     from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
 
     if getattr(args, "smooth", False):
@@ -364,11 +375,10 @@ def predict_main(args: argparse.Namespace) -> int:
         args.beta = DEFAULT_BETA if args.beta is None else args.beta
         if args.beta < 0:
             raise ValueError(f"--beta must be >= 0, got {args.beta}")
-    backend = args.backend or ("onnx" if Path(args.model).suffix == ".onnx" else "torch")
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
-    lmk = Landmarker.from_checkpoint(args.model, backend=backend, device=args.device, detector=args.detector,
-                                     batch_size=max(1, args.batch), min_score=args.min_score,
-                                     max_faces=args.max_faces)
+    lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
+                           batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
+                           refine=args.refine)
     if getattr(args, "confidence", False):
         lmk.require_heads()                 # a CheckpointError: one clear error line, exit status 2
     try:

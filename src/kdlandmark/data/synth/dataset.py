@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -217,6 +218,29 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def _write_faces(writer, tasks: list[tuple], workers: int, *, desc: str) -> Counter[str]:
+    """Render ``tasks`` (in ``workers`` processes) into ``writer``, in task order; faces per part."""
+    parts: Counter[str] = Counter()
+    bar = tqdm(total=len(tasks), desc=desc, unit="face", disable=None)
+    if workers == 1:
+        faces = map(_make, tasks)
+    else:
+        # spawn, not fork: a fork of a process whose torch/OpenCV thread pools have run can hang; and an
+        # executor, not a Pool: a worker that dies is an error here, where a Pool waits forever
+        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        faces = executor.map(_make, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
+    try:
+        for part, image, sample in faces:
+            writer.add(part, image, sample)
+            parts[part] += 1
+            bar.update()
+    finally:
+        if workers > 1:
+            executor.shutdown(cancel_futures=True)
+        bar.close()
+    return parts
+
+
 def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 256, test_fraction: float = 0.2,
                workers: int | None = None, pool: str | Path | None = None, pool_fraction: float = 1.0,
                hybrid_fraction: float = 0.0, pool_style: PoolStyle | None = None) -> dict:
@@ -267,26 +291,10 @@ def synthesize(fmt: str, count: int, out: Path, *, seed: int = 0, size: int = 25
     pool_root = None if pool is None else str(pool)
     tasks = [(fmt, seed, i, size, part, pool_root, pool_fraction, hybrid_fraction, style)
              for i, part in enumerate(parts_of)]
-    parts: Counter[str] = Counter()
     start = time.perf_counter()
     out = Path(out)
     with open_writer(fmt, out) as writer:
-        bar = tqdm(total=count, desc=f"synth {fmt}", unit="face", disable=None)
-        if workers == 1:
-            results = map(_make, tasks)
-            for part, image, sample in results:
-                writer.add(part, image, sample)
-                parts[part] += 1
-                bar.update()
-        else:
-            # spawn, not fork: a fork of a process whose torch/OpenCV thread pools have run can hang
-            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-                chunk = max(1, min(16, count // (4 * workers)))
-                for part, image, sample in pool.imap(_make, tasks, chunksize=chunk):
-                    writer.add(part, image, sample)
-                    parts[part] += 1
-                    bar.update()
-        bar.close()
+        parts = _write_faces(writer, tasks, workers, desc=f"synth {fmt}")
     seconds = time.perf_counter() - start
     summary = {"format": fmt, "root": str(out), "count": count, "parts": dict(sorted(parts.items())),
                "seconds": seconds, "faces_per_second": count / max(seconds, 1e-9), "workers": workers}

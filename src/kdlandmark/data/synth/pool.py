@@ -36,7 +36,14 @@ import cv2
 import numpy as np
 
 from kdlandmark.config import PoolStyle
-from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d, rotation, sample_shape
+from kdlandmark.data.synth.face import (
+    FaceShape,
+    Geometry,
+    build_geometry,
+    landmarks_3d,
+    rotation,
+    sample_shape,
+)
 from kdlandmark.data.synth.render import PIVOT, Camera, _background, render
 from kdlandmark.data.synth.warp import signed_areas, warp_mesh
 from kdlandmark.layouts import Layout, get_layout
@@ -57,20 +64,20 @@ _RINGS = ((2.0, 12), (7.0, 8))
 _RING_CENTRE = np.array([0.0, 0.2])
 
 
-def _anchors(geo: object) -> np.ndarray:
+def _anchors(geo: Geometry) -> np.ndarray:
     """Head-frame points that hold the picture around the landmarks: forehead rows, the temples at eye
     level, the top of the head and the neck."""
-    sh = geo.shape  # type: ignore[attr-defined]
+    sh = geo.shape
     pts = []
     for y in _FOREHEAD_ROWS:
-        a = float(geo.rows(np.array([y]))[0][0])  # type: ignore[attr-defined]
+        a = float(geo.rows(np.array([y]))[0][0])
         xs = np.asarray(_FOREHEAD_X) * a
-        zs = geo.face_z(xs, np.full_like(xs, y))  # type: ignore[attr-defined]
+        zs = geo.face_z(xs, np.full_like(xs, y))
         pts += [(x, y, z) for x, z in zip(xs, zs, strict=True)]
-    a, z0, _, _ = geo.rows(np.array([-0.2]))  # type: ignore[attr-defined]
+    a, z0, _, _ = geo.rows(np.array([-0.2]))
     pts += [(-float(a[0]), -0.2, float(z0[0])), (float(a[0]), -0.2, float(z0[0]))]
     top = sh.top + 0.04
-    pts.append((0.0, top, float(geo.face_z(np.array([0.0]), np.array([top]))[0])))  # type: ignore[attr-defined]
+    pts.append((0.0, top, float(geo.face_z(np.array([0.0]), np.array([top]))[0])))
     neck_y = sh.chin + 0.35
     pts += [(-0.38, neck_y, -0.55), (0.0, neck_y, -0.45), (0.38, neck_y, -0.55)]
     return np.asarray(pts, dtype=np.float64)
@@ -123,6 +130,11 @@ def _model() -> _Model:
                   mouth_inner=tuple(layout.groups["mouth_inner"]), face_outline=outline, neck=neck)
 
 
+def _iod(points: np.ndarray) -> float:
+    """Distance between the outer eye corners of a set of points (landmarks first)."""
+    return float(_model().layout.normaliser(points[: _model().layout.num_points]))
+
+
 def _project(pts: np.ndarray, rot: np.ndarray, scale: float, t: np.ndarray) -> np.ndarray:
     return scale * ((pts - PIVOT) @ rot.T)[:, :2] + t
 
@@ -132,9 +144,10 @@ def _fit_pose(mean3d: np.ndarray, pts2d: np.ndarray) -> tuple[np.ndarray, float,
     ``pts2d``; yaw and pitch are bounded to +-45 degrees."""
     from scipy.optimize import least_squares
 
-    a, b = pts2d[36], pts2d[45]
+    i, j = _model().layout.inter_ocular
+    a, b = pts2d[i], pts2d[j]
     roll0 = math.degrees(math.atan2(b[1] - a[1], b[0] - a[0]))
-    s0 = float(np.linalg.norm(b - a) / np.linalg.norm(mean3d[45, :2] - mean3d[36, :2]))
+    s0 = float(np.linalg.norm(b - a) / np.linalg.norm(mean3d[j, :2] - mean3d[i, :2]))
 
     def resid(p: np.ndarray) -> np.ndarray:
         rot = rotation(p[0], p[1], p[2])
@@ -376,7 +389,7 @@ def _mix_features(img: np.ndarray, other: np.ndarray, dst: np.ndarray, size: int
              "nose": [g["nose_bridge"] + g["nostrils"]],
              "mouth": [g["mouth_outer"]]}
     chosen = [k for k in parts if rng.random() < 0.6] or [str(rng.choice(list(parts)))]
-    scale = float(np.linalg.norm(dst[36] - dst[45]))
+    scale = _iod(dst)
     mask = np.zeros((size, size), np.float32)
     for k in chosen:
         mask = np.maximum(mask, _region_mask(dst, parts[k], size, 0.35, max(1.0, 0.06 * scale)))
@@ -416,7 +429,7 @@ def _mouth_interior(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) 
     m = _model()
     inner = dst[list(m.mouth_inner)]
     area = abs(float(signed_areas(inner, np.array([[0, 2, 4], [0, 4, 6], [0, 2, 6], [2, 4, 6]])).sum()))
-    scale = float(np.linalg.norm(dst[36] - dst[45]))
+    scale = _iod(dst)
     if area < 0.004 * scale * scale:
         return False
     dark = np.array([rng.uniform(20, 60), rng.uniform(20, 50), rng.uniform(40, 90)])
@@ -441,7 +454,7 @@ def _ipt(p: np.ndarray) -> tuple[int, int]:
 def _glasses(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) -> None:
     """Draw a pair of glasses (frames, bridge, temples; sometimes tinted lenses) over the eyes."""
     g = _model().layout.groups
-    scale = float(np.linalg.norm(dst[36] - dst[45]))
+    scale = _iod(dst)
     low, high = (0, 60) if rng.random() < 0.7 else (60, 220)   # mostly dark frames
     colour = tuple(float(v) for v in rng.uniform(low, high, 3))
     thick = max(1, int(round(scale * rng.uniform(0.015, 0.05))))
@@ -508,7 +521,7 @@ def _camera(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator, style: P
     """Resolution loss, blur, noise and JPEG, as a small or cheap camera gives them."""
     info: dict = {}
     out = np.clip(img, 0, 255).astype(np.uint8)
-    iod = float(np.linalg.norm(dst[36] - dst[45]))
+    iod = _iod(dst)
     if rng.random() < style.low_res and iod > 12:
         target = float(rng.uniform(10, min(40, iod)))
         f = target / iod
@@ -566,7 +579,7 @@ def render_pool_face(rng: np.random.Generator, pool: list[PoolFace], size: int =
         img = _mix_features(img, oimg, dst, size, rng)
         steps.append("mix")
     if rng.random() < style.background:
-        scale = float(np.linalg.norm(dst[36] - dst[45]))
+        scale = _iod(dst)
         mask = _head_mask(dst, size, max(1.0, 0.05 * scale))[..., None]
         img = img * mask + _new_background(rng, pool, size) * (1 - mask)
         steps.append("background")
@@ -631,12 +644,12 @@ def render_hybrid_face(rng: np.random.Generator, pool: list[PoolFace], size: int
     amount = float(rng.uniform(0.6, 1.0))
     rings = m.anchors[len(m.anchors) - len(_ring_points()):]
 
-    def albedo(img: np.ndarray, geo: object, cam: Camera) -> None:
-        head = np.concatenate([landmarks_3d(geo, m.layout), _anchors(geo), rings])  # type: ignore[arg-type]
+    def albedo(img: np.ndarray, geo: Geometry, cam: Camera) -> None:
+        head = np.concatenate([landmarks_3d(geo, m.layout), _anchors(geo), rings])
         p3 = cam.to_image(head)
         dst, depth = p3[:, :2], _depth(p3)
         tex = _warp(face, face.points, dst, m.triangles, size, depth).astype(np.float32)
-        iod = float(np.linalg.norm(dst[36] - dst[45]))
+        iod = _iod(dst)
         mask = _face_region(dst, size, max(1.0, 0.06 * iod))
         skin = np.median(img[mask > 0.9].reshape(-1, 3), axis=0) if (mask > 0.9).any() else tex.mean((0, 1))
         tex = _skin_shift(tex, skin.astype(np.float32), mask, amount)

@@ -1,0 +1,96 @@
+"""Ship a finished recipe's KD-Loss student inside the package, with the figures of its model card.
+
+    kdlandmark pipeline --config pretrained-68          # trains everything into runs/pretrained-68
+    python scripts/ship_pretrained.py runs/pretrained-68
+
+Exports the KD student (``kd/best``) to ONNX (dynamic batch, parity-checked against PyTorch), copies
+``model.json``, ``model.safetensors``, ``model.onnx`` and ``model.onnx.json`` to
+``src/kdlandmark/pretrained/kdlandmark-68/`` (what :meth:`kdlandmark.Landmarker.from_pretrained`
+loads) and writes ``card.json`` beside them: the recipe, the synthetic test figures and the figures on
+every extra evaluation folder (real faces) of every model, with the KD-vs-L2 comparison, and the
+stage times.  docs/MODEL_CARD.md quotes these numbers; tests/test_realfaces.py holds the shipped model
+to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if _SRC.is_dir():
+    sys.path.insert(0, str(_SRC))
+
+from kdlandmark.infer.export import export_onnx  # noqa: E402
+from kdlandmark.infer.landmarker import PRETRAINED  # noqa: E402
+
+FILES = ("model.json", "model.safetensors", "model.onnx", "model.onnx.json")
+
+
+def card(run: Path) -> dict:
+    """The figures of ``run`` (a finished pipeline folder) that the model card quotes."""
+    results = json.loads((run / "results.json").read_text())
+    times = json.loads((run / "stage_times.json").read_text()) if (run / "stage_times.json").is_file() else {}
+    config = (run / "config.yaml").read_text()
+    machine = {"platform": platform.platform(), "python": platform.python_version(),
+               "processor": platform.processor()}
+    return {"recipe": results["name"], "run": str(run), "results": results, "stage_seconds": times,
+            "config_yaml": config, "machine": machine}
+
+
+def real_face_figures(dest: Path, faces: Path, photos: Path) -> dict:
+    """The shipped files measured as tests/test_realfaces.py measures them: NME and failure rate on the
+    development faces from their true boxes (PyTorch checkpoint, ``evaluate --dataset folder``), and
+    the whole photographs end to end with the default detector (ONNX Runtime, one thread)."""
+    import tempfile
+
+    from kdlandmark.evaluate.evaluator import evaluate_checkpoint
+    from kdlandmark.evaluate.photos import photo_benchmark
+    from kdlandmark.infer.landmarker import Landmarker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = evaluate_checkpoint(dest, faces, dataset="folder", out_dir=tmp, latency_runs=0, examples=0)
+    given = {k: m["subsets"]["all"][k] for k in ("nme", "fr", "auc", "count", "nme_ci95")}
+    e2e = photo_benchmark(Landmarker.from_checkpoint(dest / "model.onnx", backend="onnx", threads=1), photos)
+    e2e.pop("per_face")
+    return {"faces": str(faces), "given_boxes_percent": given, "photos": str(photos), "end_to_end": e2e}
+
+
+def ship(run: Path, name: str = "68", role: str = "kd", realfaces: Path | None = None) -> Path:
+    best = run / role / "best"
+    if not (best / "model.json").is_file():
+        raise SystemExit(f"error: {best}: no finished {role} model (run the pipeline first)")
+    export_onnx(best, dynamic_batch=True)
+    dest = _SRC / "kdlandmark" / "pretrained" / PRETRAINED[name]
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in FILES:
+        shutil.copy2(best / f, dest / f)
+    figures = card(run)
+    figures["shipped_role"] = role
+    if realfaces is not None:
+        figures["real_faces"] = real_face_figures(dest, realfaces / "faces", realfaces)
+    (dest / "card.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="finished pipeline folder (e.g. runs/pretrained-68)")
+    parser.add_argument("--name", default="68", choices=sorted(PRETRAINED), help="which shipped model")
+    parser.add_argument("--role", default="kd", choices=["kd", "l2"], help="which student to ship")
+    parser.add_argument("--realfaces", type=Path, default=Path("../shared/realfaces"),
+                        help="the real development faces (measured into card.json; skipped if absent)")
+    args = parser.parse_args(argv)
+    realfaces = args.realfaces if (args.realfaces / "photos.json").is_file() else None
+    dest = ship(args.run, args.name, args.role, realfaces)
+    print(f"shipped {args.run / args.role / 'best'} -> {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
