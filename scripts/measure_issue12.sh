@@ -6,12 +6,13 @@
 #   TINY=1 scripts/measure_issue12.sh     # a one-minute smoke test of the script (runs/issue12-tiny)
 #
 # 1. synthetic COFW (2000 faces, 192 px), prepare, ASM, both teachers (kdlandmark pipeline, 2 jobs);
-# 2. two KD students side by side, same seed: plain, and with the visibility and error heads;
-# 3. both evaluated on the synthetic COFW test set (occlusion P/R, AUC, NME visible/occluded, Spearman of
+# 2. KD students, same seed: plain, with the visibility and error heads, with the heads on detached
+#    features (coordinates then train exactly as the plain student's);
+# 3. each evaluated on the synthetic COFW test set (occlusion P/R, AUC, NME visible/occluded, Spearman of
 #    the predicted error), compared with a paired bootstrap (kdlandmark compare);
 # 4. clips: 4 of seed 1 choose the One Euro parameters (scripts/tune_one_euro.py), 6 of seed 0 are
 #    reported (kdlandmark evaluate --video: frame by frame, smoothed, tracked, tracked and smoothed;
-#    per-frame cost of tracking against the model alone), for both students.
+#    per-frame cost of tracking against the model alone), for two students, and through ONNX Runtime.
 # Each step is skipped when its output exists (a rerun resumes).  Env: PY (python), OUT, DOCS, TINY, JOBS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ $K pipeline --config scripts/issue12-cofw.yaml --stages synth prepare asm tough 
    "${OVR[@]}" >> "$OUT/pipeline.log" 2>&1
 stamp "teachers done ($(( $(date +%s) - t0 )) s)"
 
-# 2. the two KD students, side by side
+# 2. the two KD students, side by side (the third, heads on detached features, runs beside step 3-4)
 train() {  # name, overrides...
   local name=$1; shift
   [ -f "$OUT/$name.done" ] && return 0
@@ -51,35 +52,58 @@ train() {  # name, overrides...
   $K train --config "$OUT/config.yaml" --role kd --out "$OUT/$name" "${resume[@]}" "$@" >> "$OUT/$name.log" 2>&1
   touch "$OUT/$name.done"
 }
-t0=$(date +%s)
 both() {  # run the two commands side by side (JOBS=2) or one after the other (JOBS=1)
   if [ "$JOBS" -gt 1 ]; then eval "$1" & local p=$!; eval "$2"; wait $p; else eval "$1"; eval "$2"; fi
 }
+t0=$(date +%s)
 both 'train kd' 'train kd-heads "${HEADS[@]}"'
 stamp "students done ($(( $(date +%s) - t0 )) s)"
+t3=$(date +%s)
+if [ "$JOBS" -gt 1 ]; then train kd-heads-detached "${HEADS[@]}" student.model.heads.detach=true & p3=$!
+else train kd-heads-detached "${HEADS[@]}" student.model.heads.detach=true; p3=; fi
 
-# 3. still images: evaluation and the paired comparison
+# 3. still images: evaluation
 evaluate() {  # name
   [ -f "$OUT/eval/$1/metrics.json" ] && return 0
   $K evaluate --model "$OUT/$1/best" --root "$OUT/prepared" --out "$OUT/eval/$1" --name "$1" \
      --latency-runs 0 > "$OUT/eval-$1.log" 2>&1
+  cat "$OUT/eval-$1.log" >> "$LOG"
 }
-both 'evaluate kd' 'evaluate kd-heads'
-$K compare "$OUT/eval/kd" "$OUT/eval/kd-heads" --out "$OUT/compare" --labels kd kd-heads > "$DOCS/compare.txt"
-for m in kd kd-heads; do
-  cp "$OUT/eval/$m/metrics.json" "$DOCS/eval_$m.json"; cp "$OUT/$m/metrics.csv" "$DOCS/train_$m.csv"
-  cat "$OUT/eval-$m.log" >> "$LOG"
-done
-cp "$OUT/compare/compare.md" "$OUT/compare/compare.json" "$DOCS/"
-stamp "still-image evaluation done"
+evaluate kd; evaluate kd-heads
 
-# 4. clips: tune on seed 1, report on seed 0
-[ -d "$OUT/clips-tune" ] || $K synth --video --seed 1 --out "$OUT/clips-tune" --workers $JOBS "${TUNE[@]}" > /dev/null
-[ -d "$OUT/clips" ] || $K synth --video --seed 0 --out "$OUT/clips" --workers $JOBS "${CLIPS[@]}" > /dev/null
+# 4. clips: tune on seed 1 (with the heads student), report on seed 0
+[ -d "$OUT/clips-tune" ] || $K synth --video --seed 1 --out "$OUT/clips-tune" --workers 1 "${TUNE[@]}" > /dev/null
+[ -d "$OUT/clips" ] || $K synth --video --seed 0 --out "$OUT/clips" --workers 1 "${CLIPS[@]}" > /dev/null
 t0=$(date +%s)
 [ -f "$DOCS/tune_one_euro.json" ] || $PY scripts/tune_one_euro.py --model "$OUT/kd-heads/best" \
    --clips "$OUT/clips-tune" --out "$DOCS/tune_one_euro.json" "${GRID[@]}" | tee -a "$LOG"
 stamp "One Euro grid done ($(( $(date +%s) - t0 )) s)"
+[ -z "$p3" ] || wait "$p3"
+stamp "detached-heads student done ($(( $(date +%s) - t3 )) s since the others)"
+evaluate kd-heads-detached
+$K compare "$OUT/eval/kd" "$OUT/eval/kd-heads" "$OUT/eval/kd-heads-detached" --out "$OUT/compare" \
+   --labels kd kd-heads kd-heads-detached > "$DOCS/compare.txt"
+for m in kd kd-heads kd-heads-detached; do
+  cp "$OUT/eval/$m/metrics.json" "$DOCS/eval_$m.json"; cp "$OUT/$m/metrics.csv" "$DOCS/train_$m.csv"
+done
+cp "$OUT/compare/compare.md" "$OUT/compare/compare.json" "$DOCS/"
+$PY - "$DOCS" > "$DOCS/confidence.txt" <<'PYEOF'
+import json, sys
+for m in ("kd", "kd-heads", "kd-heads-detached"):
+    d = json.load(open(f"{sys.argv[1]}/eval_{m}.json"))
+    c = d.get("confidence", {}).get("test", {})
+    o, e = c.get("occlusion", {}), c.get("error_estimate", {})
+    print(f"{m}: NME {d['subsets']['test']['nme']:.3f} %; visible {o.get('nme_visible')}, occluded "
+          f"{o.get('nme_occluded')}; occlusion AUC {o.get('auc')}, AP {o.get('average_precision')}, recall at "
+          f"80 % precision {o.get('recall_at_80_precision')}, precision at 50 % recall "
+          f"{o.get('precision_at_50_recall')}; Spearman points {e.get('spearman_points')}, faces "
+          f"{e.get('spearman_faces')}, within faces {e.get('spearman_within_face')}, calibration "
+          f"{e.get('calibration')}")
+PYEOF
+cat "$DOCS/confidence.txt" | tee -a "$LOG"
+stamp "still-image evaluation done"
+
+# 5. the reported clips, nothing else running (the per-frame cost is timed)
 read -r MC BETA CROP < <($PY -c "import json,sys; b=json.load(open(sys.argv[1]))['best'];\
 print(b['min_cutoff'], b['beta'], b['crop_from'])" "$DOCS/tune_one_euro.json")
 for m in kd-heads kd; do
