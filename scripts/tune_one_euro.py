@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--min-cutoffs", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0, 2.0, 4.0])
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0, 50.0])
     p.add_argument("--crop-from", nargs="+", default=["raw", "smoothed"])
-    p.add_argument("--nme-margin", type=float, default=0.02)
+    p.add_argument("--nme-margin", type=float, default=0.03)
     a = p.parse_args()
     lmk = Landmarker.from_checkpoint(a.model, backend="torch", detector=None, threads=1, batch_size=1)
     result = tune_one_euro(lmk, a.clips, min_cutoffs=a.min_cutoffs, betas=a.betas, crop_froms=a.crop_from,

@@ -254,8 +254,8 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
     v.add_argument("--min-cutoff", type=_positive_float, default=None, help="One Euro min_cutoff (Hz)")
     v.add_argument("--beta", type=float, default=None, help="One Euro beta (per face size per second)")
-    v.add_argument("--crop-from", choices=["raw", "smoothed"], default="raw",
-                   help="tracking crops around the raw or the smoothed landmarks")
+    v.add_argument("--crop-from", choices=["raw", "smoothed"], default=None,
+                   help="tracking crops around the raw or the smoothed landmarks (default: tuned)")
     v.add_argument("--plot", type=Path, default=None,
                    help="also draw per-frame NME and jitter of the first clip into this PNG")
     v.add_argument("--no-timing", action="store_true", help="skip the per-frame cost measurement")
@@ -264,7 +264,7 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_video_evaluate(a: argparse.Namespace) -> int:
     from kdlandmark.infer.landmarker import Landmarker
-    from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
+    from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_CROP_FROM, DEFAULT_MIN_CUTOFF
     from kdlandmark.infer.video import TRUTH_JITTER, VIDEO_METRICS, evaluate_videos, format_video_table
 
     if a.model is None or a.photos is not None:
@@ -275,7 +275,8 @@ def _run_video_evaluate(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out is not None else Path(a.model).resolve().parent.parent / "eval-video"
     result = evaluate_videos(lmk, a.video, out_dir=out, detector=name,
                              min_cutoff=DEFAULT_MIN_CUTOFF if a.min_cutoff is None else a.min_cutoff,
-                             beta=DEFAULT_BETA if a.beta is None else a.beta, crop_from=a.crop_from,
+                             beta=DEFAULT_BETA if a.beta is None else a.beta,
+                             crop_from=a.crop_from or DEFAULT_CROP_FROM,
                              timing=not a.no_timing)
     print(format_video_table(result))
     print(f"metrics: {out / VIDEO_METRICS}")

@@ -44,6 +44,7 @@ __all__ = [
     "TrackEvent",
     "DEFAULT_MIN_CUTOFF",
     "DEFAULT_BETA",
+    "DEFAULT_CROP_FROM",
     "DEFAULT_SCENE_CUT",
     "scene_difference",
     "box_iou",
@@ -52,6 +53,8 @@ __all__ = [
 #: One Euro defaults (Hz; per face size per second), from the synthetic clips (docs/INFERENCE.md).
 DEFAULT_MIN_CUTOFF = 1.0
 DEFAULT_BETA = 20.0
+#: Tracking crops around the ``"raw"`` or the ``"smoothed"`` landmarks of the frame before (tuned too).
+DEFAULT_CROP_FROM = "raw"
 #: Cutoff of the speed's own low-pass filter (Hz), as the paper recommends.
 DEFAULT_D_CUTOFF = 1.0
 #: Mean absolute thumbnail difference (grey levels) above which two frames are a scene cut.
@@ -178,7 +181,7 @@ class FaceTracker:
                  beta: float = DEFAULT_BETA, d_cutoff: float = DEFAULT_D_CUTOFF, fps: float = 25.0,
                  redetect_every: int = 0, max_faces: int | None = None, scene_cut: float = DEFAULT_SCENE_CUT,
                  min_inside: float = 0.5, max_jump: float = 0.5, max_error: float = 0.15,
-                 crop_from: str = "raw") -> None:
+                 crop_from: str = DEFAULT_CROP_FROM) -> None:
         OneEuroFilter(min_cutoff, beta, d_cutoff)               # checks the parameters now
         if not fps > 0 or redetect_every < 0 or scene_cut < 0 or not 0 <= min_inside <= 1 or not max_jump > 0:
             raise ValueError(f"bad tracker settings: fps {fps}, redetect_every {redetect_every}, scene_cut "

@@ -35,7 +35,13 @@ from kdlandmark.data.crop import landmark_box
 from kdlandmark.data.samples import DatasetError
 from kdlandmark.data.synth.video import ClipTruth, read_clip_truth
 from kdlandmark.evaluate.video import pooled_scores, video_scores
-from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF, FaceTracker, OneEuroFilter
+from kdlandmark.infer.track import (
+    DEFAULT_BETA,
+    DEFAULT_CROP_FROM,
+    DEFAULT_MIN_CUTOFF,
+    FaceTracker,
+    OneEuroFilter,
+)
 from kdlandmark.timing import time_calls
 
 __all__ = ["MODES", "TRUTH_JITTER", "ClipRun", "read_frames", "find_clips", "jittered_truth_boxes",
@@ -117,7 +123,8 @@ def _first(faces: list[Any]) -> np.ndarray | None:
 
 def run_clip(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTruth, mode: str, *,
              detector: str = TRUTH_JITTER, min_cutoff: float = DEFAULT_MIN_CUTOFF, beta: float = DEFAULT_BETA,
-             crop_from: str = "raw", seed: int = 0, normalisation: str = "inter-ocular") -> ClipRun:
+             crop_from: str = DEFAULT_CROP_FROM, seed: int = 0, normalisation: str = "inter-ocular"
+             ) -> ClipRun:
     """Run ``mode`` (one of :data:`MODES`) over a clip's ``frames`` and score it against ``truth``."""
     if mode not in MODES:
         raise ValueError(f"unknown video mode {mode!r}; use one of {', '.join(MODES)}")
@@ -200,8 +207,8 @@ def time_tracking(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTrut
 def evaluate_videos(landmarker: Any, clips: Sequence[str | Path], *, out_dir: str | Path | None = None,
                     modes: Sequence[str] = MODES, detector: str = TRUTH_JITTER,
                     min_cutoff: float = DEFAULT_MIN_CUTOFF, beta: float = DEFAULT_BETA,
-                    crop_from: str = "raw", timing: bool = True, normalisation: str = "inter-ocular",
-                    progress: bool = True) -> dict:
+                    crop_from: str = DEFAULT_CROP_FROM, timing: bool = True,
+                    normalisation: str = "inter-ocular", progress: bool = True) -> dict:
     """Every mode on every clip; writes ``video_metrics.json`` into ``out_dir`` and returns it.
 
     ``result["modes"][mode]``: NME and jitter pooled over all frames of all clips (%), coverage, detector
