@@ -120,4 +120,8 @@ done
 $K evaluate --model "$OUT/kd-heads/best/model.onnx" --backend onnx --video "$OUT/clips" \
    --out "$OUT/eval-video/kd-heads-onnx" --min-cutoff "$MC" --beta "$BETA" --crop-from "$CROP" 2>/dev/null \
    | tee -a "$LOG"
+$PY -c "import json,sys; d=json.load(open(sys.argv[1]));\
+[m.update(series=None) for c in d['clips'] for m in c['modes'].values()];\
+json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$OUT/eval-video/kd-heads-onnx/video_metrics.json" \
+   "$DOCS/video_kd-heads-onnx.json"
 stamp "done"

@@ -50,11 +50,12 @@ __all__ = [
     "box_iou",
 ]
 
-#: One Euro defaults (Hz; per face size per second), from the synthetic clips (docs/INFERENCE.md).
-DEFAULT_MIN_CUTOFF = 1.0
-DEFAULT_BETA = 20.0
+#: One Euro defaults (Hz; per face size per second), chosen on synthetic clips (scripts/tune_one_euro.py
+#: on 4 clips of seed 1: the lowest jitter within 3 % of the frame-by-frame NME; docs/INFERENCE.md).
+DEFAULT_MIN_CUTOFF = 2.0
+DEFAULT_BETA = 5.0
 #: Tracking crops around the ``"raw"`` or the ``"smoothed"`` landmarks of the frame before (tuned too).
-DEFAULT_CROP_FROM = "raw"
+DEFAULT_CROP_FROM = "smoothed"
 #: Cutoff of the speed's own low-pass filter (Hz), as the paper recommends.
 DEFAULT_D_CUTOFF = 1.0
 #: Mean absolute thumbnail difference (grey levels) above which two frames are a scene cut.
