@@ -28,21 +28,40 @@ from kdlandmark.infer.predict import annotate  # noqa: E402
 PHOTOS = ("2008_002079.jpg", "2008_004176.jpg", "2008_007676.jpg")
 
 
-def figure(photos: Sequence[Path], height: int = 360) -> np.ndarray:
+def _zoom(image: np.ndarray, face, side: int) -> np.ndarray:
+    """The face at ``side`` pixels (its box grown 1.5x), landmarks drawn at that size."""
+    x0, y0, x1, y1 = face.box
+    c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    half = 0.75 * max(x1 - x0, y1 - y0)
+    k = side / (2 * half)
+    m = np.array([[k, 0, side / 2 - k * c[0]], [0, k, side / 2 - k * c[1]]], np.float32)
+    crop = cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    moved = dataclasses.replace(face, landmarks=face.landmarks * k + m[:, 2])
+    return annotate(crop, [moved])
+
+
+def figure(photos: Sequence[Path], height: int = 360, zoom: int = 8) -> np.ndarray:
     lmk = Landmarker.from_pretrained(threads=1)
-    tiles = []
+    tiles, faces_seen = [], []
     for path in photos:
         image = cv2.imread(str(path))
         if image is None:
             raise SystemExit(f"error: {path}: cannot read the image")
         faces = lmk(image)                # as a user runs it: the photo as it is
+        faces_seen += [(image, f) for f in sorted(faces, key=lambda f: f.box[0])]
         big = cv2.resize(image, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
         shown = [dataclasses.replace(f, landmarks=f.landmarks * 2.0 + 0.5, box=tuple(2.0 * v for v in f.box))
                  for f in faces]          # drawn at twice the size (pixel centres kept)
         drawn = annotate(big, shown, show_box=True)
         scale = height / drawn.shape[0]
         tiles.append(cv2.resize(drawn, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
-    return np.concatenate(tiles, axis=1)
+    top = np.concatenate(tiles, axis=1)
+    step = max(1, len(faces_seen) // zoom)
+    chosen = faces_seen[::step][:zoom]
+    side = top.shape[1] // len(chosen)
+    strip = np.concatenate([_zoom(img, f, side) for img, f in chosen], axis=1)
+    strip = np.pad(strip, ((0, 0), (0, top.shape[1] - strip.shape[1]), (0, 0)))
+    return np.concatenate([top, strip], axis=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
