@@ -37,8 +37,13 @@ def card(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     times = json.loads((run / "stage_times.json").read_text()) if (run / "stage_times.json").is_file() else {}
     config = (run / "config.yaml").read_text()
+    import os
+
+    import torch
+
     machine = {"platform": platform.platform(), "python": platform.python_version(),
-               "processor": platform.processor()}
+               "processor": platform.processor(), "cpus": os.cpu_count(), "torch": torch.__version__,
+               "cuda": torch.cuda.is_available()}
     return {"recipe": results["name"], "run": str(run), "results": results, "stage_seconds": times,
             "config_yaml": config, "machine": machine}
 

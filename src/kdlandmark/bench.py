@@ -323,12 +323,19 @@ def _dlib_latency(python: str, image: np.ndarray, box: Sequence[float], runs: in
     import cv2
 
     code = r"""
-import json, sys, time, statistics
-import cv2, dlib, face_recognition_models as frm
+import json, sys, time, statistics, importlib.util, os
+import cv2, dlib
+# the model file of face_recognition_models, found without importing the package (it imports
+# pkg_resources, which setuptools >= 81 no longer has)
+spec = importlib.util.find_spec("face_recognition_models")
+if spec is None:
+    sys.exit("face_recognition_models is not installed")
+model = os.path.join(list(spec.submodule_search_locations)[0], "models",
+                     "shape_predictor_68_face_landmarks.dat")
 img = cv2.imread(sys.argv[1]); rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 x0, y0, x1, y1 = (float(v) for v in sys.argv[2].split(","))
 rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
-sp = dlib.shape_predictor(frm.pose_predictor_model_location())
+sp = dlib.shape_predictor(model)
 for _ in range(20): sp(rgb, rect)
 t = []
 for _ in range(int(sys.argv[3])):

@@ -13,7 +13,7 @@ BGRA are converted) of uint8, or a PIL image (RGB, converted).  The models thems
 
 Steps, each the project's one shared implementation:
 
-1. faces: a detector (:mod:`kdlandmark.infer.detect`: Haar cascade, whole image, or your callable)
+1. faces: a detector (:mod:`kdlandmark.infer.detect`: MTCNN, Haar cascade, whole image, or your callable)
    gives boxes in the landmark-box convention, or you pass boxes and detection is skipped;
 2. crop: ``crop_affine(box, input_size, margin)`` of :mod:`kdlandmark.data.crop` with the checkpoint's
    margin, one ``cv2.warpAffine`` straight into a pre-allocated uint8 batch buffer at the input size
@@ -190,7 +190,8 @@ class Landmarker:
         runner: ``runner(x)`` maps ``(B, 3, S, S)`` float32 RGB ``[0, 1]`` to ``(B, N, 2)`` model coords.
         meta: the model's metadata (checkpoint ``model.json`` or ONNX ``model.onnx.json``, parsed).
         source: file or folder the model came from (named in errors).
-        detector: ``"auto"``/``"haar"`` (OpenCV Haar cascade), ``"full"`` (each image is one pre-cropped
+        detector: ``"auto"``/``"mtcnn"`` (MTCNN on ONNX Runtime; ``"auto"`` falls back to the Haar cascade
+            without its weights), ``"haar"`` (OpenCV Haar cascade), ``"full"`` (each image is one pre-cropped
             face), ``None`` (boxes must be given), or a callable ``detector(image_bgr) -> [(box, score)]``
             returning boxes in the landmark-box convention.  Built on first use.
         batch_size: faces per model call.
@@ -246,7 +247,7 @@ class Landmarker:
             backend: ``"torch"`` or ``"onnx"``.  With ``"onnx"`` and a checkpoint folder, its
                 ``model.onnx`` is used when it was exported from these weights, else the model is
                 exported in memory.
-            detector: see the class (``"auto"``: Haar cascade, built on first use).
+            detector: see the class (``"auto"``: MTCNN, built on first use).
             layout: if given, the model must be for this layout (else :class:`CheckpointError`).
             batch_size: faces per model call.
             threads: CPU threads for the model (PyTorch: ``torch.set_num_threads``, process-wide).
