@@ -15,7 +15,14 @@ from kdlandmark.data.crop import landmark_box
 from kdlandmark.data.synth.video import read_clip_truth, render_clip, write_clip
 from kdlandmark.evaluate.video import frame_jitter, frame_nme, pooled_scores, video_scores
 from kdlandmark.infer.landmarker import FaceLandmarks
-from kdlandmark.infer.video import MODES, jittered_truth_boxes, read_frames, run_clip, time_tracking
+from kdlandmark.infer.video import (
+    MODES,
+    jittered_truth_boxes,
+    read_frames,
+    run_clip,
+    time_tracking,
+    tune_one_euro,
+)
 from kdlandmark.layouts import get_layout
 from kdlandmark.modelfile.checkpoint import save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
@@ -82,8 +89,11 @@ class ClipLandmarker:
     def detect(self, frame):
         raise AssertionError("the simulated detector must be used")
 
+    def frame_index(self, frame):
+        return self.index[id(frame)]
+
     def faces_in_boxes(self, frame, boxes, scores=None):
-        lm = self.truth[self.index[id(frame)]]
+        lm = self.truth[self.frame_index(frame)]
         out = []
         for b in np.asarray(boxes, float).reshape(-1, 4):
             tb = np.asarray(landmark_box(lm))
@@ -140,3 +150,30 @@ def test_evaluate_video_command_writes_scores_and_a_plot(clip, tmp_path, capsys)
     assert "no such clip" in capsys.readouterr().err
     assert main(["evaluate", "--rescore", str(out), "--video", str(clip[0])]) == 2
     assert "--video needs --model" in capsys.readouterr().err
+
+
+class DecodedClipLandmarker(ClipLandmarker):
+    """The same fake, finding a frame by its pixels (for code that decodes the clip itself)."""
+
+    def __init__(self, frames, truth, noise):
+        super().__init__(frames, truth, noise)
+        self.by_pixels = {f.tobytes(): t for t, f in enumerate(frames)}
+
+    def frame_index(self, frame):
+        return self.by_pixels[frame.tobytes()]
+
+
+def test_the_one_euro_search_keeps_the_steadiest_setting_within_the_nme_margin(clip):
+    video, truth = clip
+    frames = read_frames(video)
+    lmk = DecodedClipLandmarker(frames, truth.landmarks["cofw"], noise=0.05)
+    res = tune_one_euro(lmk, [video], min_cutoffs=[0.2, 1.0, 4.0], betas=[0.0, 20.0], crop_froms=["raw"],
+                        nme_margin=1.05, progress=False)
+    assert len(res["grid"]) == 6 and res["clips"] == 1
+    ref = res["reference_frame_by_frame"]
+    assert ref["nme"] == pytest.approx(run_clip(lmk, frames, truth, "frame").scores["nme"], rel=0.05)
+    ok = [g for g in res["grid"] if g["nme"] <= 2.05 * ref["nme"]]
+    assert len(ok) >= 2 and res["best"] == min(ok, key=lambda g: g["jitter"])
+    # a fixed low cutoff lags this fast clip far behind: never chosen
+    lagging = next(g for g in res["grid"] if g["min_cutoff"] == 0.2 and g["beta"] == 0.0)
+    assert lagging not in ok and lagging["nme"] > 5 * ref["nme"]
