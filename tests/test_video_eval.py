@@ -177,3 +177,7 @@ def test_the_one_euro_search_keeps_the_steadiest_setting_within_the_nme_margin(c
     # a fixed low cutoff lags this fast clip far behind: never chosen
     lagging = next(g for g in res["grid"] if g["min_cutoff"] == 0.2 and g["beta"] == 0.0)
     assert lagging not in ok and lagging["nme"] > 5 * ref["nme"]
+    # no setting within a zero margin here (every filter lags this fast clip a little): no choice
+    none = tune_one_euro(lmk, [video], min_cutoffs=[4.0], betas=[20.0], crop_froms=["raw"], nme_margin=0.0,
+                         progress=False)
+    assert none["best"] is None and none["grid"][0]["nme"] > none["reference_frame_by_frame"]["nme"]
