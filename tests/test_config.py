@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = (C.ExperimentConfig, C.PrepareConfig, C.AsmConfig, C.StageConfig, C.RuntimeConfig, C.EvalConfig,
            C.TrainConfig, C.ModelConfig, C.OptimConfig, C.TeachersConfig, C.AugmentConfig, C.KDLossConfig,
-           C.SynthConfig, C.PoolStyle)
+           C.SynthConfig, C.PoolStyle, C.HeadsConfig)
 #: Functions whose reads only copy, convert, compare or validate a config.
 NOT_USE = {"__post_init__", "__eq__", "__repr__", "_plain", "config_to_dict", "_from_dict",
            "_coerce", "apply_overrides", "_field_type", "to_dict", "save_config", "_check_same_config",
@@ -88,6 +88,8 @@ def _run_training_consumers(tmp: Path) -> None:
         cfg = tiny_train_config(data, tmp / f"run-{role}", role=role)
         cfg.optim.epochs, cfg.optim.grad_clip, cfg.optim.ema_decay = 2 if role == "l2" else 1, 1.0, 0.9
         cfg.teachers = C.TeachersConfig(tough=str(tmp / "tough"), tolerant=str(tmp / "tolerant"))
+        if role == "l2":                                # the confidence heads and their loss weights
+            cfg.model.heads = C.HeadsConfig(visibility=1.0, error=0.5, hidden=4, detach=True)
         trainer_mod.Trainer(cfg).fit()
     # every optimiser and schedule kind
     params = [torch.nn.Parameter(torch.zeros(2))]
@@ -110,7 +112,7 @@ def test_every_training_config_field_is_read(tmp_path) -> None:
     with recorded_reads() as reads:
         _run_training_consumers(tmp_path)
     assert _unread(reads, (C.TrainConfig, C.ModelConfig, C.OptimConfig, C.TeachersConfig, C.AugmentConfig,
-                           C.KDLossConfig)) == []
+                           C.KDLossConfig, C.HeadsConfig)) == []
 
 
 # ------------------------------------------------------------------------------------------------ pipeline

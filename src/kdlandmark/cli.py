@@ -58,7 +58,8 @@ _JOBS_HELP = "training stages side by side, each in its own process (default: th
 def _cmd_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic face dataset in a native benchmark format")
     p.add_argument("--format", choices=FORMATS, default="300w", help="native format to write")
-    p.add_argument("--count", type=_positive_int, default=1000, help="number of faces (train + test)")
+    p.add_argument("--count", type=_positive_int, default=None,
+                   help="number of faces, train + test (default 1000); with --video: clips (default 10)")
     p.add_argument("--out", type=Path, required=True, help="dataset root to create")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
@@ -71,11 +72,31 @@ def _cmd_synth(sub: argparse._SubParsersAction) -> None:
                    help="with --pool: share of pool faces warped onto new shapes and poses")
     p.add_argument("--hybrid-fraction", type=float, default=0.0,
                    help="with --pool: share of rendered heads with a pool face's skin and features")
+    v = p.add_argument_group("video clips (--video: --count clips of one moving face, each an .mp4 with "
+                             "a JSON of per-frame landmarks in every layout; --format, --test-fraction "
+                             "and --pool do not apply)")
+    v.add_argument("--video", action="store_true", help="write video clips instead of a dataset")
+    v.add_argument("--frames", type=_positive_int, default=100, help="frames per clip")
+    v.add_argument("--fps", type=_positive_float, default=25.0, help="frame rate written into the clips")
+    v.add_argument("--key-every", type=_positive_float, default=40.0,
+                   help="mean distance of the key poses in frames (smaller: faster motion)")
+    v.add_argument("--motion", type=float, default=1.0,
+                   help="how far the key poses move from the first one (0 still .. 1)")
+    v.add_argument("--cuts", action="store_true", help="a scene cut (another face) mid-clip")
+    v.add_argument("--exits", action="store_true", help="the face slides out of the picture near the end")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.data import synth
 
-        summary = synth.synthesize(a.format, a.count, a.out, seed=a.seed, size=a.size,
+        if a.video:
+            from kdlandmark.data.synth.video import format_video_summary, synthesize_videos
+
+            summary = synthesize_videos(a.count or 10, a.out, seed=a.seed, frames=a.frames, size=a.size,
+                                        fps=a.fps, key_every=a.key_every, motion=a.motion, cuts=a.cuts,
+                                        exits=a.exits, workers=a.workers)
+            print(format_video_summary(summary))
+            return 0
+        summary = synth.synthesize(a.format, a.count or 1000, a.out, seed=a.seed, size=a.size,
                                    test_fraction=a.test_fraction, workers=a.workers, pool=a.pool,
                                    pool_fraction=a.pool_fraction, hybrid_fraction=a.hybrid_fraction)
         print(synth.format_summary(summary))
@@ -199,7 +220,10 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="whole photographs end to end instead of a benchmark: ROOT holds photos/ and "
                         "photos.json (e.g. ../shared/realfaces): faces found, false positives, NME of the "
                         "found faces against the same faces from their true boxes")
-    p.add_argument("--detector", default="auto", help="with --photos: the face detector (as predict's)")
+    p.add_argument("--detector", default=None,
+                   help="with --photos: the face detector (as predict's; default auto); with --video: "
+                        "truth-jitter (default: the true landmark box with 3 %% edge jitter per frame, a "
+                        "simulated detector) or a detector name (auto, mtcnn, haar)")
     p.add_argument("--refine", type=_non_negative_int, default=0, help="with --photos: refine passes")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="benchmark protocol (default: the prepared set's dataset)")
@@ -223,16 +247,58 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-runs", type=_non_negative_int, default=20,
                    help="timed CPU forwards at batch 1 (0: skip)")
     p.add_argument("--name", default=None, help="model label in tables")
+    v = p.add_argument_group("video (--video CLIPS: clips of kdlandmark synth --video; per-frame NME and "
+                             "jitter frame by frame, smoothed, tracked, tracked and smoothed)")
+    v.add_argument("--video", nargs="+", type=Path, default=None, metavar="CLIP_OR_DIR",
+                   help="score the model on these clips (.mp4 with its .json ground truth, or folders)")
+    v.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
+    v.add_argument("--min-cutoff", type=_positive_float, default=None, help="One Euro min_cutoff (Hz)")
+    v.add_argument("--beta", type=float, default=None, help="One Euro beta (per face size per second)")
+    v.add_argument("--crop-from", choices=["raw", "smoothed"], default=None,
+                   help="tracking crops around the raw or the smoothed landmarks (default: tuned)")
+    v.add_argument("--plot", type=Path, default=None,
+                   help="also draw per-frame NME and jitter of the first clip into this PNG")
+    v.add_argument("--no-timing", action="store_true", help="skip the per-frame cost measurement")
     p.set_defaults(func=_run_evaluate)
+
+
+def _run_video_evaluate(a: argparse.Namespace) -> int:
+    from kdlandmark.infer.landmarker import Landmarker
+    from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_CROP_FROM, DEFAULT_MIN_CUTOFF
+    from kdlandmark.infer.video import TRUTH_JITTER, VIDEO_METRICS, evaluate_videos, format_video_table
+
+    if a.model is None or a.photos is not None:
+        raise UserError("--video needs --model (and neither --rescore nor --photos)")
+    name = a.detector or TRUTH_JITTER
+    detector = None if name == TRUTH_JITTER else name
+    lmk = Landmarker.from_checkpoint(a.model, backend=a.backend, detector=detector, threads=1, batch_size=1)
+    out = Path(a.out) if a.out is not None else Path(a.model).resolve().parent.parent / "eval-video"
+    result = evaluate_videos(lmk, a.video, out_dir=out, detector=name,
+                             min_cutoff=DEFAULT_MIN_CUTOFF if a.min_cutoff is None else a.min_cutoff,
+                             beta=DEFAULT_BETA if a.beta is None else a.beta,
+                             crop_from=a.crop_from or DEFAULT_CROP_FROM,
+                             timing=not a.no_timing)
+    print(format_video_table(result))
+    print(f"metrics: {out / VIDEO_METRICS}")
+    if a.plot is not None:
+        from kdlandmark.evaluate.plots import save_png, video_figure
+
+        clip = result["clips"][0]
+        series = {m: clip["modes"][m]["series"] for m in ("frame", "track", "track+smooth")}
+        save_png(video_figure(series, title=f"{Path(clip['clip']).name}: {result['layout']} model"), a.plot)
+        print(f"plot: {a.plot}")
+    return 0
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
     from kdlandmark.evaluate import evaluator as ev
 
+    if a.video is not None:
+        return _run_video_evaluate(a)
     if a.photos is not None:
         return _run_evaluate_photos(a)
     if a.model is None and a.rescore is None:
-        raise UserError("one of --model, --rescore or --photos is required")
+        raise UserError("one of --model, --rescore, --photos or --video is required")
     if a.rescore is not None:
         out = Path(a.out) / ev.METRICS_JSON if a.out is not None else None
         result = ev.rescore(a.rescore, a.normalisation, a.threshold, bootstrap=a.bootstrap, out=out)
@@ -259,12 +325,13 @@ def _run_evaluate_photos(a: argparse.Namespace) -> int:
 
     if a.rescore is not None:
         raise UserError("--photos takes a model (or none: the shipped one), not --rescore")
-    lmk = build_landmarker(a.model, device=a.device or "cpu", detector=a.detector, refine=a.refine,
+    detector = a.detector or "auto"
+    lmk = build_landmarker(a.model, device=a.device or "cpu", detector=detector, refine=a.refine,
                            batch_size=a.batch)
     result = photo_benchmark(lmk, a.photos)
     print(format_photo_benchmark(result, model=lmk.source))
     if a.out is not None:
-        write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": a.detector,
+        write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": detector,
                                                           "refine": a.refine, **result})
         print(f"figures: {Path(a.out) / 'photos.json'}")
     return 0
@@ -327,6 +394,22 @@ def _cmd_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pts", dest="pts", action="store_true", default=None,
                    help="write 1-based .pts files (default: on for the 300w layout)")
     p.add_argument("--no-pts", dest="pts", action="store_false", help="do not write .pts files")
+    p.add_argument("--confidence", action="store_true",
+                   help="require a model with visibility and error heads (their outputs are written "
+                        "whenever a model has them; hidden points are drawn in red)")
+    v = p.add_argument_group("video (--smooth: track faces from frame to frame and smooth the landmarks)")
+    v.add_argument("--smooth", action="store_true",
+                   help="videos: crop each frame around the landmarks of the frame before (the detector "
+                        "runs only when a face is lost, on --redetect-every, or at a scene cut) and smooth "
+                        "the landmarks with a One Euro filter")
+    v.add_argument("--min-cutoff", type=_positive_float, default=None,
+                   help="One Euro cutoff of a still face in Hz: lower smooths more (default: tuned, "
+                        "docs/INFERENCE.md)")
+    v.add_argument("--beta", type=float, default=None,
+                   help="One Euro speed coefficient per face size per second: higher lags less (default: "
+                        "tuned, docs/INFERENCE.md)")
+    v.add_argument("--redetect-every", type=_non_negative_int, default=0,
+                   help="also run the detector every N frames to pick up new faces (0: only when needed)")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.infer.predict import predict_main

@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "AugmentConfig",
     "KDLossConfig",
+    "HeadsConfig",
     "ModelConfig",
     "OptimConfig",
     "TeachersConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "ROLES",
+    "HEAD_NAMES",
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
@@ -64,6 +66,8 @@ __all__ = [
     "train_config",
 ]
 
+#: The optional per-landmark heads of a model, in the order of its outputs (:class:`HeadsConfig`).
+HEAD_NAMES = ("visibility", "error")
 #: Training roles: the two teachers, the KD-Loss student and the plain-L2 student (baseline).
 ROLES = ("tough", "tolerant", "kd", "l2")
 _SCHEDULES = ("cosine", "step", "constant", "inverse-time")
@@ -246,6 +250,47 @@ def _amp_value(value: str | bool) -> str:
 
 
 @dataclass
+class HeadsConfig:
+    """Per-landmark confidence outputs beside the coordinates (not in the paper; off by default).
+
+    Each head is on when its loss weight is positive; the coordinates keep the role's own loss (L2 or
+    KD-Loss) and the heads add their terms: ``visibility * BCE(visible) + error * NLL(error scale)``
+    (:func:`kdlandmark.losses.visibility_loss`, :func:`kdlandmark.losses.error_nll`).
+
+    Attributes:
+        visibility: weight of the visibility head's loss: binary cross-entropy against "visible", where
+            a point is hidden when the data flag it occluded (COFW's flags; the renderer's occluders),
+            when an augmentation cutout covers it, or when it lies outside the model's input.
+        error: weight of the error head's loss: negative log-likelihood of the point's distance to the
+            ground truth under a radial 2D Laplace of scale ``b`` (predicted), whose mean distance is
+            ``2 b``; the coordinates are detached in it, so it trains the head only.
+        hidden: width of the hidden ReLU layer of each head (:class:`kdlandmark.models.PointHead`, which
+            reads the backbone's stride-16 features at the predicted point, the pooled features and an
+            embedding of the point); 0 makes each head linear.
+        detach: the heads see the features detached, so their losses do not train the backbone (the
+            coordinates then train exactly as without the heads).
+    """
+
+    visibility: float = 0.0
+    error: float = 0.0
+    hidden: int = 64
+    detach: bool = False
+
+    def __post_init__(self) -> None:
+        if self.visibility < 0 or self.error < 0:
+            raise ValueError(f"heads.visibility and heads.error are loss weights (>= 0; 0 turns a head off), "
+                             f"got {self.visibility} and {self.error}")
+        if self.hidden < 0:
+            raise ValueError(f"heads.hidden must be >= 0, got {self.hidden}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The heads that are on, in the fixed order ``visibility``, ``error``."""
+        weights = {"visibility": self.visibility, "error": self.error}
+        return tuple(n for n in HEAD_NAMES if weights[n] > 0)
+
+
+@dataclass
 class ModelConfig:
     """Network of one role: a timm backbone with the regression head (:class:`LandmarkRegressor`).
 
@@ -255,12 +300,14 @@ class ModelConfig:
         dropout: dropout before the linear head (paper's code: 0.5).
         pretrained: ``false`` (random init; the paper's student), ``true`` (ImageNet through timm;
             needs network or cache) or a local ``.safetensors`` file of backbone weights.
+        heads: per-landmark visibility and error outputs (:class:`HeadsConfig`; off by default).
     """
 
     backbone: str = "mobilenetv2_100"
     input_size: int = 224
     dropout: float = 0.5
     pretrained: bool | str = False
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def __post_init__(self) -> None:
         if self.input_size < 8:
@@ -967,7 +1014,7 @@ def train_config(exp: ExperimentConfig, role: str, *, data: str | Path | None = 
         role=role,
         data=str(data if data is not None else root / "prepared"),
         out=str(out if out is not None else root / role),
-        model=dataclasses.replace(stage.model),
+        model=dataclasses.replace(stage.model, heads=dataclasses.replace(stage.model.heads)),
         optim=dataclasses.replace(stage.optim),
         augment=dataclasses.replace(exp.augment),
         kd=dataclasses.replace(exp.kd),

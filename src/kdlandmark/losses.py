@@ -48,6 +48,11 @@ Edge cases, defined explicitly (no NaN, finite gradients):
 
 Teacher predictions and the ground truth are targets: they are detached, so no gradient reaches a
 teacher.  Inputs of lower precision (fp16/bf16 under autocast) are computed in float32.
+
+The optional per-landmark heads (not in the paper) have losses of their own, added to the role's loss
+with the weights of :class:`~kdlandmark.config.HeadsConfig`: :func:`visibility_loss` (binary
+cross-entropy of the visibility logit) and :func:`error_nll` (negative log-likelihood of each point's
+error under a radial 2D Laplace of the predicted scale; the coordinates are detached in it).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ __all__ = [
     "kd_loss",
     "reflect_teacher",
     "beta_point",
+    "visibility_loss",
+    "error_nll",
 ]
 
 
@@ -187,3 +194,29 @@ def kd_loss(pred: Tensor, gt: Tensor, tough: Tensor, tolerant: Tensor, config: K
     parts = {"main": main.detach(), "tough": a_tough.detach(), "tolerant": a_tol.detach(),
              "total": total.detach()}
     return total, parts
+
+
+def visibility_loss(logits: Tensor, hidden: Tensor) -> Tensor:
+    """Binary cross-entropy of the visibility head: ``logits`` ``(B, N)`` (positive = visible) against
+    ``hidden`` ``(B, N)`` bool (True = occluded, covered or outside the input), mean over points and batch."""
+    if tuple(logits.shape) != tuple(hidden.shape):
+        raise ValueError(f"visibility logits {tuple(logits.shape)} and flags {tuple(hidden.shape)} differ "
+                         "in shape")
+    visible = (~hidden.bool()).to(torch.float32)
+    return torch.nn.functional.binary_cross_entropy_with_logits(_float(logits), visible)
+
+
+def error_nll(log_b: Tensor, pred: Tensor, gt: Tensor) -> Tensor:
+    """Negative log-likelihood of each point's error under a radial 2D Laplace of scale ``b``.
+
+    The density of the error vector ``e`` is ``exp(-|e| / b) / (2 pi b^2)``: its distance ``|e|`` then has
+    mean ``2 b``.  Per point the loss is ``|e| / b + 2 log b`` (the constant ``log 2 pi`` left out),
+    smallest at ``b = |e| / 2``; averaged over points and batch.  ``pred`` and ``gt`` are ``(B, N, 2)``
+    and **detached** here: the loss trains the error head only, never the coordinates.
+    """
+    _check_same_shape(pred=pred, gt=gt)
+    if tuple(log_b.shape) != tuple(pred.shape[:-1]):
+        raise ValueError(f"log scales {tuple(log_b.shape)} must be {tuple(pred.shape[:-1])} (one per point)")
+    dist = torch.linalg.vector_norm(_float(pred).detach() - _float(gt).detach(), dim=-1)
+    lb = _float(log_b)
+    return (dist * torch.exp(-lb) + 2.0 * lb).mean()

@@ -15,16 +15,24 @@ file of backbone weights (a timm ImageNet checkpoint, classifier included or not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from kdlandmark.config import HEAD_NAMES  # the optional per-landmark heads, in output order
+
 __all__ = [
     "PRESETS",
+    "HEAD_NAMES",
     "LandmarkRegressor",
+    "InferenceOutputs",
+    "PointHead",
+    "head_outputs",
     "count_parameters",
     "count_flops",
     "count_macs",
@@ -32,6 +40,11 @@ __all__ = [
 
 #: Backbones of the paper's two roles (official code: EfficientNet-B3 teachers, MobileNetV2 student).
 PRESETS: dict[str, str] = {"teacher": "efficientnet_b3", "student": "mobilenetv2_100"}
+
+#: Initial guesses of the heads (their biases): points visible with probability sigmoid(2) = 0.88,
+#: errors of 2 b = 0.04 crop sides; the head weights start near zero, so every point starts there.
+_VIS_BIAS = 2.0
+_ERROR_SCALE = 0.02
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,18 +133,36 @@ class LandmarkRegressor(nn.Module):
         dropout: dropout probability before the head (0.5 in the paper's code).
         in_chans: input channels (3 for RGB).
 
+        heads: optional per-landmark outputs, any of :data:`HEAD_NAMES`: ``"visibility"`` (a logit per
+            point, positive = visible) and ``"error"`` (``log b`` per point: the scale of a radial 2D
+            Laplace of the point's error, whose mean distance is ``2 b``, in model units).  Each is a
+            :class:`PointHead`: it reads the backbone's stride-16 feature map at the point's predicted
+            position (what is *there*: skin, hand, scarf, border) together with the pooled features and
+            a learnt embedding of the point.  They are built after the coordinate head, so a network
+            with heads starts with the same backbone and coordinate weights as one without (same seed).
+        head_hidden: width of the hidden ReLU layer of each head (0: linear).
+        detach_heads: the heads see the features detached (their losses leave the backbone alone); a
+            training choice, not part of the architecture.
+
     Input: float ``(B, in_chans, H, W)`` in ``[0, 1]``, RGB.  The backbone's mean/std normalisation
     is applied inside (non-persistent buffers: they are rebuilt from the backbone name, and an ONNX
-    export bakes them in).
+    export bakes them in).  ``model(x)`` returns the coordinates; ``model(x, heads=True)`` returns
+    ``(coordinates, visibility logits, log b)`` (the last two ``None`` for a head the model lacks).
     """
 
     def __init__(self, backbone: str, num_points: int, *, pretrained: bool | str = False,
-                 dropout: float = 0.5, in_chans: int = 3) -> None:
+                 dropout: float = 0.5, in_chans: int = 3, heads: tuple[str, ...] | list[str] = (),
+                 head_hidden: int = 0, detach_heads: bool = False) -> None:
         super().__init__()
         if num_points <= 0:
             raise ValueError(f"num_points must be positive, got {num_points}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        unknown = [h for h in heads if h not in HEAD_NAMES]
+        if unknown or len(set(heads)) != len(heads):
+            raise ValueError(f"heads must be distinct names of {HEAD_NAMES}, got {list(heads)}")
+        if head_hidden < 0:
+            raise ValueError(f"head_hidden must be >= 0, got {head_hidden}")
         self.backbone_name = backbone
         self.num_points = int(num_points)
         self.dropout_p = float(dropout)
@@ -148,6 +179,21 @@ class LandmarkRegressor(nn.Module):
         # of the ~0.5 (half a crop) errors of a default-initialised head
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
+        # the optional heads come last: the backbone and the coordinate head draw the same random numbers
+        self.heads = tuple(h for h in HEAD_NAMES if h in heads)
+        self.head_hidden = int(head_hidden)
+        self.detach_heads = bool(detach_heads)
+        self.head_stage = -1
+        if self.heads:
+            self.head_stage, local = _local_stage(self.backbone, backbone)
+            bias = {"visibility": _VIS_BIAS, "error": math.log(_ERROR_SCALE)}
+            for name in self.heads:
+                setattr(self, f"{name}_head", PointHead(local, self.backbone.num_features, self.num_points,
+                                                        self.head_hidden, bias[name]))
+
+    @property
+    def has_heads(self) -> bool:
+        return bool(self.heads)
 
     @property
     def normalisation(self) -> dict[str, list[float]]:
@@ -157,7 +203,7 @@ class LandmarkRegressor(nn.Module):
 
     def architecture(self) -> dict:
         """What rebuilds this network (without weights); stored in ``model.json``."""
-        return {
+        arch = {
             "backbone": self.backbone_name,
             "num_points": self.num_points,
             "dropout": self.dropout_p,
@@ -165,15 +211,107 @@ class LandmarkRegressor(nn.Module):
             "normalisation": self.normalisation,
             "output": "model coordinates (p - (side - 1) / 2) / side, shape (B, N, 2), x then y",
         }
+        if self.heads:  # only then: a model without heads writes exactly the model.json it always did
+            arch["heads"] = list(self.heads)
+            arch["head_hidden"] = self.head_hidden
+        return arch
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, C)`` of ``[0, 1]`` RGB images."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.dropout(self.forward_features(x))
-        return self.head(f).view(x.shape[0], self.num_points, 2)
+    def forward(self, x: torch.Tensor, heads: bool = False) -> Any:
+        if not heads:
+            f = self.dropout(self.forward_features(x))
+            return self.head(f).view(x.shape[0], self.num_points, 2)
+        if not self.heads:
+            raise ValueError("this network has no confidence heads")
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        final, stages = self.backbone.forward_intermediates(x, indices=[self.head_stage], norm=False)
+        f = self.dropout(self.backbone.forward_head(final, pre_logits=True))
+        coords = self.head(f).view(x.shape[0], self.num_points, 2)
+        # the stride-16 features at each predicted point: a grid value g addresses pixel (g + 1) S / 2 - 1/2
+        # (align_corners=False), so the model coordinate u = (p - (S - 1) / 2) / S is g = 2 u, at any S
+        grid = (2.0 * coords.detach()).unsqueeze(2)
+        local = nn.functional.grid_sample(stages[0], grid.to(stages[0].dtype), mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+        local = local.squeeze(-1).transpose(1, 2)                              # (B, N, C)
+        g = f
+        if self.detach_heads:
+            local, g = local.detach(), f.detach()
+        vis = self.visibility_head(local, g) if "visibility" in self.heads else None
+        log_b = self.error_head(local, g) if "error" in self.heads else None
+        return coords, vis, log_b
+
+
+def _local_stage(backbone: nn.Module, name: str) -> tuple[int, int]:
+    """The index (in ``feature_info``) and channels of the backbone's stride-16 stage (the deepest stage
+    of stride at most 16) for :class:`PointHead`."""
+    info = list(getattr(backbone, "feature_info", None) or [])
+    if not info or not hasattr(backbone, "forward_intermediates"):
+        raise ValueError(f"backbone {name!r} gives no intermediate features (timm forward_intermediates): "
+                         "it cannot carry the confidence heads")
+    ok = [i for i, d in enumerate(info) if int(d["reduction"]) <= 16]
+    if not ok:
+        raise ValueError(f"backbone {name!r} has no stage of stride 16 or finer for the confidence heads")
+    return ok[-1], int(info[ok[-1]]["num_chs"])
+
+
+class PointHead(nn.Module):
+    """One value per landmark: an MLP on the backbone's local features at the landmark, a projection of
+    the pooled features, and a learnt embedding of the landmark (which point it is).
+
+    Input: local ``(B, N, C)``, pooled ``(B, F)``; output ``(B, N)``.  The last layer starts near zero
+    with the bias ``bias``, so every point starts at the same value.
+    """
+
+    def __init__(self, local: int, pooled: int, num_points: int, hidden: int, bias: float,
+                 embed: int = 16, glob: int = 32) -> None:
+        super().__init__()
+        self.glob = nn.Linear(pooled, glob)
+        self.embed = nn.Parameter(0.1 * torch.randn(num_points, embed))
+        width = local + glob + embed
+        last = nn.Linear(hidden or width, 1)
+        nn.init.normal_(last.weight, std=1e-3)
+        nn.init.constant_(last.bias, bias)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), last) if hidden else last
+
+    def forward(self, local: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        b, n, _ = local.shape
+        g = self.glob(pooled).unsqueeze(1).expand(b, n, -1)
+        e = self.embed.to(local.dtype).unsqueeze(0).expand(b, n, -1)
+        return self.mlp(torch.cat([local, g.to(local.dtype), e], dim=-1)).squeeze(-1)
+
+
+def head_outputs(vis_logit: torch.Tensor | None, log_b: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What the heads mean: ``(visibility probability, expected point error in model units)``.
+
+    The error head's ``log b`` is the scale of a radial 2D Laplace, whose mean distance is ``2 b``.
+    """
+    vis = torch.sigmoid(vis_logit) if vis_logit is not None else None
+    err = 2.0 * torch.exp(log_b) if log_b is not None else None
+    return vis, err
+
+
+class InferenceOutputs(nn.Module):
+    """A :class:`LandmarkRegressor` as inference (and ONNX export) sees it, with one input and nothing
+    else to pass: ``x -> coordinates (B, N, 2)`` for a plain model; with heads ``x -> (coordinates, then
+    per head (B, N): visibility probability, expected error in model units)``, in :data:`HEAD_NAMES`
+    order."""
+
+    def __init__(self, model: LandmarkRegressor) -> None:
+        super().__init__()
+        self.model = model
+        self.in_chans = model.in_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not self.model.heads:
+            return self.model(x)
+        coords, vis_logit, log_b = self.model(x, heads=True)
+        vis, err = head_outputs(vis_logit, log_b)
+        return (coords, *(t for t in (vis, err) if t is not None))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -113,6 +113,26 @@ class BatchAugmenter:
             ``(B, 3, out, out)`` float32 RGB in [0, 1], contiguous, and each landmark set as float32
             model coordinates ``(q - (out - 1) / 2) / out`` with the flip permutation applied.
         """
+        x, lms, _ = self._run(images, landmarks, train, generator, None)
+        return x, lms
+
+    def with_visibility(self, images: torch.Tensor, landmarks: Sequence[torch.Tensor], occluded: torch.Tensor,
+                        *, train: bool = True, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """As :meth:`__call__` (the same random draws, so the same batch), plus which points are hidden.
+
+        ``occluded``: ``(B, N)`` bool flags of the data (all False where a format has none).  Returns
+        ``(B, N)`` bool, True where a point of the first landmark set is hidden in the model input: flagged
+        occluded (flags follow the flip permutation), covered by this batch's cutout rectangle, or outside
+        the input.  The visibility head trains on its complement.
+        """
+        x, lms, hidden = self._run(images, landmarks, train, generator, occluded)
+        assert hidden is not None
+        return x, lms, hidden
+
+    def _run(self, images: torch.Tensor, landmarks: Sequence[torch.Tensor], train: bool,
+             generator: torch.Generator | None, occluded: torch.Tensor | None
+             ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         if images.dim() != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be (B, S, S, 3), got {tuple(images.shape)}")
         if images.shape[1] != self.stored_size:
@@ -139,7 +159,33 @@ class BatchAugmenter:
         if train:
             assert u is not None
             out = self._photometric(out, u, generator)
-        return out.contiguous(), lms
+        hidden = None
+        if occluded is not None:
+            if not lms or tuple(occluded.shape) != tuple(lms[0].shape[:2]):
+                raise ValueError(f"occlusion flags {tuple(occluded.shape)} must be (B, N) of the first "
+                                 "landmark set")
+            hidden = self._hidden(lms[0], occluded.to(device=device, dtype=torch.bool), flip, u)
+        return out.contiguous(), lms, hidden
+
+    def _hidden(self, points: torch.Tensor, occluded: torch.Tensor, flip: torch.Tensor | None,
+                u: torch.Tensor | None) -> torch.Tensor:
+        """Points flagged occluded (after the flip), under the cutout rectangle, or outside the input."""
+        if flip is not None:
+            occluded = torch.where(flip[:, None], occluded[:, self._flip_on(occluded.device)], occluded)
+        hidden = occluded | (points.abs() > 0.5).any(dim=-1)
+        cfg = self.config
+        if u is not None and cfg.cutout_prob > 0 and cfg.cutout_size[1] > 0:
+            n = self.out_size
+            lo, hi = cfg.cutout_size
+            w = (lo + (hi - lo) * u[:, _U_CUT_W]) * n
+            h = (lo + (hi - lo) * u[:, _U_CUT_H]) * n
+            cx = u[:, _U_CUT_X] * n - 0.5
+            cy = u[:, _U_CUT_Y] * n - 0.5
+            q = points * n + (n - 1) / 2.0                       # output pixels, as _cutout's rectangle
+            covered = ((q[..., 0] - cx[:, None]).abs() <= w[:, None] / 2) & \
+                ((q[..., 1] - cy[:, None]).abs() <= h[:, None] / 2)
+            hidden = hidden | (covered & (u[:, _U_CUT] < cfg.cutout_prob)[:, None])
+        return hidden
 
     # ------------------------------------------------------------------ geometry
     def _uniforms(self, bsz: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

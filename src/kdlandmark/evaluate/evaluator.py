@@ -24,7 +24,7 @@ import platform
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ def eval_view_scale(prepared: Any, margin: float | None = None) -> float:
 
 
 def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, batch: int = 64,
-                     device: str = "cpu", margin: float | None = None, progress: bool = True) -> np.ndarray:
+                     device: str = "cpu", margin: float | None = None, progress: bool = True,
+                     heads: dict | None = None) -> np.ndarray:
     """``(M, N, 2)`` float64 predictions in original image pixels for every face of ``split``.
 
     Each stored crop is cut to the model's at-rest view (``BatchAugmenter`` in eval mode, no
@@ -117,6 +118,8 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
         device: where the model runs (the model is not moved; pass one already on ``device``).
         margin: the model's crop margin (default: the prepared set's).
         progress: show a tqdm bar (hidden when not on a terminal).
+        heads: a dict to receive a model's confidence outputs (a model with ``heads``): ``"visibility"``
+            (probabilities) and ``"error"`` (original image pixels), each ``(M, N)``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -129,6 +132,8 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
     m = len(sp)
     stored = np.empty((m, layout.num_points, 2), np.float64)
     dev = torch.device(device)
+    names = tuple(getattr(model, "heads", ())) if heads is not None else ()
+    extra = {name: np.empty((m, layout.num_points), np.float64) for name in names}
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()
@@ -138,7 +143,9 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
                               disable=None if progress else True):
                 imgs = torch.from_numpy(np.array(sp.images[start:start + batch])).to(dev)  # copy: memmap
                 x, _ = aug(imgs, [], train=False)
-                out = model(x)
+                out = model(x, heads=True) if names else model(x)
+                if names:
+                    out = _keep_heads(out, extra, start)
                 if tuple(out.shape[1:]) != (layout.num_points, 2):
                     raise ValueError(f"model returned {tuple(out.shape)}; the {layout.name} layout needs "
                                      f"(B, {layout.num_points}, 2)")
@@ -147,7 +154,27 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
-    return apply_affine(invert_affine(np.asarray(sp.affines, dtype=np.float64)), stored)
+    affines = np.asarray(sp.affines, dtype=np.float64)
+    if names:
+        # model units -> stored-crop pixels (x view_scale * S) -> image pixels (/ the affine's scale)
+        scale = aug.view_scale * aug.stored_size / np.sqrt(np.abs(np.linalg.det(affines[:, :, :2])))
+        if "error" in extra:
+            extra["error"] *= scale[:, None]
+        heads.update(extra)
+    return apply_affine(invert_affine(affines), stored)
+
+
+def _keep_heads(out: tuple, extra: dict[str, np.ndarray], start: int) -> Any:
+    """Store a batch's head outputs (probabilities, errors in model units) in ``extra``; the coordinates."""
+    import torch
+
+    from kdlandmark.models import head_outputs
+
+    coords, vis_logit, log_b = out
+    for name, value in zip(("visibility", "error"), head_outputs(vis_logit, log_b), strict=True):
+        if value is not None:
+            extra[name][start:start + len(value)] = value.detach().to("cpu", torch.float64).numpy()
+    return coords
 
 
 def measure_latency(model: Any, input_size: int, *, runs: int = 20, warmup: int = 3) -> dict:
@@ -182,6 +209,8 @@ class Predictions:
     image_paths: dict[str, list[str]]
     attributes: dict[str, list[dict]]
     info: dict
+    visibility: dict[str, np.ndarray] = field(default_factory=dict)
+    error: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def splits(self) -> list[str]:
@@ -198,6 +227,9 @@ def save_predictions(out_dir: str | Path, preds: Predictions) -> tuple[Path, Pat
         arrays[f"{sp}.gt"] = np.asarray(preds.gt[sp], np.float64)
         arrays[f"{sp}.affine"] = np.asarray(preds.affines[sp], np.float64)
         arrays[f"{sp}.occluded"] = np.asarray(preds.occluded[sp], bool)
+        for name, table in (("visibility", preds.visibility), ("error", preds.error)):
+            if sp in table:
+                arrays[f"{sp}.{name}"] = np.asarray(table[sp], np.float64)
     npz = out / PREDICTIONS_NPZ
     tmp = out / f".{PREDICTIONS_NPZ}.tmp.npz"
     np.savez_compressed(tmp, **arrays)
@@ -235,7 +267,7 @@ def load_predictions(predictions_dir: str | Path) -> Predictions:
     if meta.get("format") != PREDICTIONS_FORMAT:
         raise ValueError(f"{js}: not a kdlandmark predictions file (format {meta.get('format')!r})")
     layout = get_layout(meta["layout"])
-    pred, gt, aff, occ, paths, attrs = {}, {}, {}, {}, {}, {}
+    pred, gt, aff, occ, paths, attrs, vis, err = {}, {}, {}, {}, {}, {}, {}, {}
     with np.load(npz, allow_pickle=False) as z:
         for sp, info in meta["splits"].items():
             try:
@@ -243,6 +275,9 @@ def load_predictions(predictions_dir: str | Path) -> Predictions:
                 aff[sp], occ[sp] = z[f"{sp}.affine"], z[f"{sp}.occluded"]
             except KeyError as exc:
                 raise ValueError(f"{npz}: missing array {exc} for split {sp!r}") from None
+            for name, table in (("visibility", vis), ("error", err)):
+                if f"{sp}.{name}" in z.files:
+                    table[sp] = z[f"{sp}.{name}"].astype(np.float64)
             if len(pred[sp]) != info["count"] or pred[sp].shape != gt[sp].shape:
                 raise ValueError(f"{npz}: split {sp!r} has {len(pred[sp])} predictions, {js.name} says "
                                  f"{info['count']}")
@@ -250,7 +285,7 @@ def load_predictions(predictions_dir: str | Path) -> Predictions:
             attrs[sp] = list(info.get("attributes", []))
     info = {k: v for k, v in meta.items() if k not in ("format", "version", "dataset", "layout", "num_points",
                                                        "coordinates", "splits")}
-    return Predictions(meta["dataset"], layout, pred, gt, aff, occ, paths, attrs, info)
+    return Predictions(meta["dataset"], layout, pred, gt, aff, occ, paths, attrs, info, vis, err)
 
 
 def _score(preds: Predictions, normalisation: str | None, threshold: float, bootstrap: int,
@@ -299,6 +334,7 @@ def _metrics_dict(score: ProtocolScore, preds: Predictions, *, model: str, check
         "splits": {sp: int(len(v)) for sp, v in preds.pred.items()},
         "subsets": d["subsets"],
         "per_landmark": d["per_landmark"],
+        **({"confidence": conf} if (conf := confidence_metrics(score, preds)) else {}),
         "params": None,
         "flops": None,
         "latency_ms_cpu": None,
@@ -308,6 +344,35 @@ def _metrics_dict(score: ProtocolScore, preds: Predictions, *, model: str, check
     }
     result.update(extra or {})
     return result
+
+
+def confidence_metrics(score: ProtocolScore, preds: Predictions) -> dict:
+    """Per subset (:mod:`kdlandmark.evaluate.confidence`): ``occlusion`` (where the data flag occluded
+    points: NME of visible and occluded points, and, with a visibility head, the classification) and
+    ``error_estimate`` (with an error head: Spearman correlations, calibration).  Empty when neither."""
+    from kdlandmark.evaluate.confidence import error_ranking, occlusion_scores, visible_occluded_nme
+
+    flagged = any(np.asarray(v, bool).any() for v in preds.occluded.values())
+    if not flagged and not preds.error:
+        return {}
+    out: dict[str, dict] = {}
+    for name, sub in score.subsets.items():
+        parts = sub.members
+        pred = np.concatenate([preds.pred[sp][idx] for sp, idx in parts])
+        gt = np.concatenate([preds.gt[sp][idx] for sp, idx in parts])
+        norm = preds.layout.normaliser(gt, score.normalisation)
+        entry: dict[str, dict] = {}
+        if flagged:
+            occ = np.concatenate([np.asarray(preds.occluded[sp], bool)[idx] for sp, idx in parts])
+            entry["occlusion"] = visible_occluded_nme(pred, gt, occ, norm)
+            if all(sp in preds.visibility for sp, _ in parts):
+                vis = np.concatenate([preds.visibility[sp][idx] for sp, idx in parts])
+                entry["occlusion"].update(occlusion_scores(occ, vis))
+        if all(sp in preds.error for sp, _ in parts):
+            err = np.concatenate([preds.error[sp][idx] for sp, idx in parts])
+            entry["error_estimate"] = error_ranking(err, pred, gt, norm)
+        out[name] = entry
+    return out
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -402,9 +467,17 @@ def _predict_all(model: Any, prepared: Any, dataset: str, wanted: Sequence[str],
     """Predictions and ground truth in image pixels of every face of the ``wanted`` splits."""
     preds: dict[str, np.ndarray] = {}
     gts: dict[str, np.ndarray] = {}
+    vis: dict[str, np.ndarray] = {}
+    err: dict[str, np.ndarray] = {}
     for sp in wanted:
+        heads: dict = {}
         preds[sp] = predict_prepared(model, prepared, sp, input_size=meta.input_size, batch=batch,
-                                     device=device, margin=meta.crop.margin)
+                                     device=device, margin=meta.crop.margin,
+                                     heads=heads if meta.heads else None)
+        if "visibility" in heads:
+            vis[sp] = heads["visibility"]
+        if "error" in heads:
+            err[sp] = heads["error"]
         s = prepared.split(sp)
         gts[sp] = ground_truth_px(np.asarray(s.landmarks, np.float64), np.asarray(s.affines, np.float64))
     return Predictions(
@@ -413,7 +486,7 @@ def _predict_all(model: Any, prepared: Any, dataset: str, wanted: Sequence[str],
         {sp: np.asarray(prepared.split(sp).occluded, bool) for sp in wanted},
         {sp: list(prepared.split(sp).image_paths) for sp in wanted},
         {sp: list(prepared.split(sp).attributes) for sp in wanted},
-        info)
+        info, vis, err)
 
 
 def _model_facts(model: Any, meta: ModelMeta, latency_runs: int) -> dict:
@@ -513,6 +586,23 @@ def format_metrics_table(metrics: dict) -> str:
         ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
         lines.append(f"{name:<14}{s['count']:>7}  {s['nme']:>7.3f}  {ci_s:>15}  {s['fr']:>10.2f}  "
                      f"{s['auc']:>9.4f}")
+    for name, entry in (metrics.get("confidence") or {}).items():
+        occ, est = entry.get("occlusion"), entry.get("error_estimate")
+        if occ is not None:
+            line = f"{name}: NME of visible points {_pct(occ['nme_visible'])}, of occluded points " \
+                   f"{_pct(occ['nme_occluded'])} ({occ['occluded_points']} of " \
+                   f"{occ['occluded_points'] + occ['visible_points']} points occluded)"
+            if occ.get("auc") is not None:
+                line += (f"; occlusion AUC {occ['auc']:.3f}, recall at 80 % precision "
+                         f"{100 * occ['recall_at_80_precision']:.1f} %, precision at 50 % recall "
+                         f"{100 * occ['precision_at_50_recall']:.1f} %")
+            lines.append(line)
+        if est is not None:
+            rho = {k: "-" if est[k] is None else f"{est[k]:.3f}"
+                   for k in ("spearman_points", "spearman_faces", "spearman_within_face")}
+            lines.append(f"{name}: predicted vs true point error, Spearman {rho['spearman_points']} over "
+                         f"points, {rho['spearman_faces']} over faces, {rho['spearman_within_face']} "
+                         f"within faces; mean predicted / true error {est['calibration']:.2f}")
     facts = []
     if metrics.get("params") is not None:
         facts.append(f"{metrics['params'] / 1e6:.2f} M parameters")
@@ -525,6 +615,10 @@ def format_metrics_table(metrics: dict) -> str:
     if facts:
         lines.append(", ".join(facts))
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} %"
 
 
 # --------------------------------------------------------------------------------------------- output folder

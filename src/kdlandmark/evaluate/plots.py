@@ -30,6 +30,7 @@ __all__ = [
     "training_curves_figure",
     "asm_variance_figure",
     "landmark_heatmap_figure",
+    "video_figure",
 ]
 
 #: Columns of a trainer's ``metrics.csv`` that are not loss terms.
@@ -260,4 +261,35 @@ def landmark_heatmap_figure(mean_shape: np.ndarray, errors: Mapping[str, np.ndar
         ax.set_visible(False)
     if sc is not None:
         fig.colorbar(sc, ax=list(axes[:len(labels)]), shrink=0.8, label="mean error (% of normaliser)")
+    return fig
+
+
+def video_figure(series: Mapping[str, Mapping[str, Sequence[float | None]]], *, title: str = "",
+                 fps: float = 25.0) -> Figure:
+    """Per-frame NME (top) and jitter (bottom), in %, of several modes on one clip.
+
+    ``series``: mode -> ``{"nme": T values, "jitter": T - 1 values}`` (fractions; None where a frame has
+    no prediction), as :func:`kdlandmark.evaluate.video.video_scores` gives them.
+    """
+    fig = Figure(figsize=(9.0, 5.6))
+    ax_n, ax_j = fig.subplots(2, 1, sharex=True)
+    colours = model_colours(list(series))
+    for mode, s in series.items():
+        nme = np.array([np.nan if v is None else 100.0 * v for v in s["nme"]])
+        jit = np.array([np.nan if v is None else 100.0 * v for v in s["jitter"]])
+        t = np.arange(len(nme)) / fps
+        mean_j = np.nanmean(jit) if np.isfinite(jit).any() else float("nan")
+        mean_n = np.nanmean(nme) if np.isfinite(nme).any() else float("nan")
+        ax_n.plot(t, nme, color=colours[mode], lw=1.2, label=f"{mode} (mean {mean_n:.2f} %)")
+        ax_j.plot(t[1:], jit, color=colours[mode], lw=1.2, label=f"{mode} (mean {mean_j:.3f} %)")
+    ax_n.set_ylabel("NME per frame (%)")
+    ax_j.set_ylabel("jitter |e(t) - e(t-1)| / IOD (%)")
+    ax_j.set_xlabel("time (s)")
+    for ax in (ax_n, ax_j):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+        ax.set_ylim(bottom=0)
+    if title:
+        ax_n.set_title(title, fontsize=10)
+    fig.tight_layout()
     return fig

@@ -2,7 +2,8 @@
 
 ``export_onnx`` writes ``model.onnx`` (input ``image``: float ``(B, 3, S, S)`` RGB in ``[0, 1]``; output
 ``landmarks``: ``(B, N, 2)`` model coordinates, exactly what :class:`~kdlandmark.models.LandmarkRegressor`
-takes and returns; the ImageNet normalisation is inside the graph) and ``model.onnx.json`` beside it: the
+takes and returns; the ImageNet normalisation is inside the graph; a model with confidence heads has
+the outputs ``visibility`` and ``error``, ``(B, N)`` each, after it) and ``model.onnx.json`` beside it: the
 layout, input size, normalisation, crop margin and the source checkpoint.  The same JSON is stored in
 the ONNX file's ``metadata_props`` (key ``kdlandmark``), so the ``.onnx`` alone is self-describing.
 :func:`build_onnx` makes the same model in memory (the ONNX backend of ``Landmarker`` and the inference
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "onnx_meta_path",
     "onnx_model_bytes",
+    "output_names",
     "onnx_meta",
     "build_onnx",
     "export_onnx",
@@ -74,15 +76,16 @@ def _write_model(path: Path, data: bytes, meta: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _torch_export(model: Any, dummy: Any, dynamic_batch: bool, opset: int) -> bytes:
+def _torch_export(model: Any, dummy: Any, dynamic_batch: bool, opset: int,
+                  outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> bytes:
     """Serialise ``model`` to ONNX bytes (TorchScript exporter; the dynamo one needs onnxscript)."""
     import torch
 
     buf = io.BytesIO()
-    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=list(outputs), opset_version=opset,
                                   do_constant_folding=True)
     if dynamic_batch:
-        kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        kwargs["dynamic_axes"] = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -96,14 +99,35 @@ def _torch_export(model: Any, dummy: Any, dynamic_batch: bool, opset: int) -> by
 
 def onnx_model_bytes(model: Any, input_size: int, *, fp16: bool = False, dynamic_batch: bool = True,
                      batch: int = 1, opset: int = DEFAULT_OPSET) -> bytes:
-    """ONNX bytes of a :class:`~kdlandmark.models.LandmarkRegressor` (no metadata: :func:`export_onnx`)."""
+    """ONNX bytes of a :class:`~kdlandmark.models.LandmarkRegressor` (no metadata: :func:`export_onnx`).
+
+    A model with heads gets one more output per head after ``landmarks`` (:func:`output_names`), as
+    :class:`~kdlandmark.models.InferenceOutputs` computes them.
+    """
     import torch
 
     m = copy.deepcopy(model).to("cpu").eval()
     dtype = torch.float16 if fp16 else torch.float32
     m = m.to(dtype)
+    heads = tuple(getattr(m, "heads", ()))
+    from kdlandmark.models import InferenceOutputs
+
+    m = InferenceOutputs(m)        # forward(x) alone: the exporter must not see forward's `heads` switch
     dummy = torch.rand(batch, int(getattr(m, "in_chans", 3)), input_size, input_size, dtype=dtype)
-    return _torch_export(m, dummy, dynamic_batch, opset)
+    return _torch_export(m, dummy, dynamic_batch, opset, output_names(heads))
+
+
+def output_names(heads: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The graph's outputs: ``landmarks``, then one per head (``visibility``, ``error``) in model order."""
+    return (OUTPUT_NAME, *heads)
+
+
+#: What each head output holds (written into the metadata).
+HEAD_CONTENT = {
+    "visibility": "probability that the point is visible (not occluded, not outside the crop)",
+    "error": "expected distance of the point from its true position, in model units (a fraction of the "
+             "crop side; the mean of the predicted radial Laplace, 2 b)",
+}
 
 
 def _with_metadata(data: bytes, meta: dict) -> bytes:
@@ -140,6 +164,8 @@ def onnx_meta(meta: ModelMeta, source: str | Path, *, precision: str = "fp32", d
                              "divided by 255 (mean/std normalisation is inside the graph)"},
         "output": {"name": OUTPUT_NAME, "shape": [b, meta.num_points, 2],
                    "coordinates": f"{MODEL_COORDINATES}, x then y"},
+        **({"head_outputs": {h: {"name": h, "shape": [b, meta.num_points], "content": HEAD_CONTENT[h]}
+                             for h in meta.heads}} if meta.heads else {}),
         "source": {"checkpoint": str(source), "weights_sha256": meta.weights_sha256,
                    "metrics": dict(meta.metrics)},
     }
@@ -162,7 +188,11 @@ def build_onnx(model: Any, meta: ModelMeta, *, source: str | Path, fp16: bool = 
 
 def _parity(model: Any, session: Any, meta: ModelMeta, *, fp16: bool, batch: int, dynamic_batch: bool,
             seed: int = 0) -> dict:
-    """Max |ONNX - PyTorch| on random inputs and on synthetic face crops."""
+    """Max |ONNX - PyTorch| on random inputs and on synthetic face crops, for every output.
+
+    Keys: ``random`` and ``synthetic_faces`` for the landmarks, ``<head>:random`` and
+    ``<head>:synthetic_faces`` for each head output of a model with heads.
+    """
     import torch
 
     from kdlandmark.data.synth.sample_faces import synthetic_crops  # the renderer, only when checking
@@ -174,12 +204,19 @@ def _parity(model: Any, session: Any, meta: ModelMeta, *, fp16: bool, batch: int
           "synthetic_faces": synthetic_crops(meta.layout, n, size, seed, margin=meta.margin)}
     out: dict[str, float] = {}
     m = model.to("cpu").eval()
+    if meta.heads:
+        from kdlandmark.models import InferenceOutputs
+
+        m = InferenceOutputs(m)
     dtype = np.float16 if fp16 else np.float32
     for name, x in xs.items():
         with torch.inference_mode():
-            ref = m(torch.from_numpy(x)).numpy()
-        got = session.run(None, {INPUT_NAME: x.astype(dtype)})[0].astype(np.float32)
-        out[name] = float(np.abs(got - ref).max())
+            refs = m(torch.from_numpy(x))
+        refs = refs if isinstance(refs, tuple) else (refs,)
+        gots = session.run(None, {INPUT_NAME: x.astype(dtype)})
+        for output, ref, got in zip(output_names(meta.heads), refs, gots, strict=True):
+            key = name if output == OUTPUT_NAME else f"{output}:{name}"
+            out[key] = float(np.abs(np.asarray(got, np.float32) - ref.float().numpy()).max())
     return out
 
 
@@ -376,12 +413,13 @@ def _dims(value_info: Any) -> list[int | str | None]:
 
 
 def _check_graph(proto: Any, meta: ModelMeta, path: Path) -> None:
-    """The graph's input and output shapes must be what the metadata says."""
+    """The graph's input and output shapes (and, for heads, output names) must be what the metadata says."""
     size, layout = meta.input_size, meta.layout
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise CheckpointError(path, f"expected one input and one output, found {len(inputs)} and "
-                                    f"{len(proto.graph.output)}")
+    want = output_names(meta.heads)
+    if len(inputs) != 1 or len(proto.graph.output) != len(want):
+        raise CheckpointError(path, f"expected one input and {len(want)} output(s) ({', '.join(want)}), "
+                                    f"found {len(inputs)} and {len(proto.graph.output)}")
     din, dout = _dims(inputs[0]), _dims(proto.graph.output[0])
     if len(din) != 4 or din[2:] != [size, size]:
         raise CheckpointError(path, f"graph input shape {din} does not match input_size {size} of the "
@@ -389,6 +427,11 @@ def _check_graph(proto: Any, meta: ModelMeta, path: Path) -> None:
     if len(dout) != 3 or dout[1:] != [layout.num_points, 2]:
         raise CheckpointError(path, f"graph output shape {dout} does not match the {layout.name} layout's "
                                     f"{layout.num_points} points of the metadata (expected [B, N, 2])")
+    for name, out in zip(want[1:], list(proto.graph.output)[1:], strict=True):
+        dims = _dims(out)
+        if out.name != name or len(dims) != 2 or dims[1] != layout.num_points:
+            raise CheckpointError(path, f"graph output {out.name!r} {dims} is not the {name!r} head of the "
+                                        f"metadata (expected [B, {layout.num_points}])")
 
 
 def onnx_session(model: bytes | str | Path, *, threads: int | None = None, providers: list[str] | None = None,

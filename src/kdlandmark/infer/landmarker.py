@@ -25,7 +25,7 @@ Steps, each the project's one shared implementation:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,18 +64,34 @@ class FaceLandmarks:
         box: the face box the crop was cut around, landmark-box convention ``(x0, y0, x1, y1)``.
         score: the detector's score (1.0 for given boxes and whole-image faces).
         layout: the landmark layout (``layout.name``, groups, ...).
+        visibility: ``(N,)`` float32 probability that each point is visible (not occluded, inside the
+            crop), from a model with a visibility head; None otherwise.
+        error: ``(N,)`` float32 expected distance of each point from its true position, in image
+            pixels, from a model with an error head; None otherwise.
     """
 
     landmarks: np.ndarray
     box: Box
     score: float
     layout: Layout
+    visibility: np.ndarray | None = None
+    error: np.ndarray | None = None
+
+    def hidden(self, threshold: float = 0.5) -> np.ndarray | None:
+        """``(N,)`` bool, points whose visibility is below ``threshold``; None without a visibility head."""
+        return None if self.visibility is None else np.asarray(self.visibility) < threshold
 
     def to_json(self) -> dict:
-        """Plain-JSON form (lists of floats), as ``kdlandmark predict`` writes it."""
-        return {"box": [round(float(v), 3) for v in self.box], "score": float(self.score),
-                "layout": self.layout.name, "num_points": self.layout.num_points,
-                "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in self.landmarks]}
+        """Plain-JSON form (lists of floats), as ``kdlandmark predict`` writes it; ``visibility`` and
+        ``error`` (pixels) only for a model with those heads."""
+        doc = {"box": [round(float(v), 3) for v in self.box], "score": float(self.score),
+               "layout": self.layout.name, "num_points": self.layout.num_points,
+               "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in self.landmarks]}
+        if self.visibility is not None:
+            doc["visibility"] = [round(float(v), 4) for v in self.visibility]
+        if self.error is not None:
+            doc["error"] = [round(float(v), 3) for v in self.error]
+        return doc
 
 
 def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
@@ -96,7 +112,11 @@ def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ runners
 class TorchRunner:
-    """Runs a PyTorch model on ``(B, 3, S, S)`` float32 NumPy batches (no copies on the CPU)."""
+    """Runs a PyTorch model on ``(B, 3, S, S)`` float32 NumPy batches (no copies on the CPU).
+
+    A model with confidence heads returns a tuple: the coordinates, then each head's ``(B, N)`` output
+    (:class:`~kdlandmark.models.InferenceOutputs`).
+    """
 
     def __init__(self, model: Any, device: str = "cpu", *, compile: bool = False) -> None:
         import torch
@@ -104,17 +124,26 @@ class TorchRunner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.compiled = bool(compile)
-        self.fn = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.heads = tuple(getattr(model, "heads", ()))
+        module = self.model
+        if self.heads:
+            from kdlandmark.models import InferenceOutputs
+
+            module = InferenceOutputs(self.model)
+        self.fn = torch.compile(module, dynamic=False) if compile else module
         self.name = "torch-compiled" if compile else "torch"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> Any:
         import torch
 
         with torch.inference_mode():
             t = torch.from_numpy(x)
             if self.device.type != "cpu":
                 t = t.to(self.device, non_blocking=True)
-            return self.fn(t).float().cpu().numpy()
+            out = self.fn(t)
+            if self.heads:
+                return tuple(o.float().cpu().numpy() for o in out)
+            return out.float().cpu().numpy()
 
 
 class OnnxRunner:
@@ -129,20 +158,25 @@ class OnnxRunner:
         self.fixed_batch = int(b) if isinstance(b, int) and b > 0 else None
         self.name = "onnxruntime"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> Any:
+        """The coordinates, or (a graph with head outputs) a tuple of them and each head's output."""
         if self.dtype != np.float32:
             x = x.astype(self.dtype)
         b = self.fixed_batch
         if b is None or len(x) == b:
-            return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
-        outs = []
-        for start in range(0, len(x), b):
-            chunk = x[start:start + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(np.asarray(self.session.run(None, {self.input_name: chunk})[0][:n], dtype=np.float32))
-        return np.concatenate(outs)
+            outs = self.session.run(None, {self.input_name: x})
+        else:
+            parts = []
+            for start in range(0, len(x), b):
+                chunk = x[start:start + b]
+                n = len(chunk)
+                if n < b:
+                    chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
+                parts.append([o[:n] for o in self.session.run(None, {self.input_name: chunk})])
+            outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
+        if len(outs) == 1:
+            return np.asarray(outs[0], dtype=np.float32)
+        return tuple(np.asarray(o, dtype=np.float32) for o in outs)
 
 
 # ------------------------------------------------------------------------------------------------ landmarker
@@ -313,23 +347,67 @@ class Landmarker:
         if not faces:
             return results
         crop_boxes = np.asarray([f[0] for f in faces], np.float64)
-        lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners)
+        heads: dict = {}
+        lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners, heads=heads)
         for _ in range(self.refine):
             crop_boxes = np.concatenate([lms.min(axis=1), lms.max(axis=1)], axis=1).astype(np.float64)
-            lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners)
-        for k, box, (_, score), lm in zip(owners, crop_boxes, faces, lms, strict=True):
-            results[k].append(FaceLandmarks(lm, tuple(float(v) for v in box), float(score), self.layout))
+            heads = {}
+            lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners, heads=heads)
+        for i, (k, box, (_, score), lm) in enumerate(zip(owners, crop_boxes, faces, lms, strict=True)):
+            results[k].append(FaceLandmarks(lm, tuple(float(v) for v in box), float(score), self.layout,
+                                            **_face_heads(heads, i)))
         return results
+
+    # -------------------------------------------------------------------------------------------- confidence
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The model's confidence outputs (``visibility``, ``error``); () for a plain model."""
+        return self.meta.heads
+
+    def require_heads(self) -> None:
+        """:class:`~kdlandmark.errors.CheckpointError` naming the model unless it predicts both the
+        visibility and the error of each point (what ``kdlandmark predict --confidence`` asks for)."""
+        self.meta.require_heads(self.source)
+
+    # -------------------------------------------------------------------------------------------- video
+    def faces_in_boxes(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray,
+                       scores: Sequence[float] | None = None) -> list[FaceLandmarks]:
+        """:class:`FaceLandmarks` of the faces in ``boxes`` of one BGR image (no detection), confidence
+        outputs included; the per-frame path of :class:`~kdlandmark.infer.track.FaceTracker`."""
+        box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        heads: dict = {}
+        lms = self.landmarks_in_boxes(image_bgr, box_arr, heads=heads)
+        sc = [1.0] * len(box_arr) if scores is None else [float(v) for v in scores]
+        return [FaceLandmarks(lm, tuple(float(v) for v in box), score, self.layout, **_face_heads(heads, i))
+                for i, (lm, box, score) in enumerate(zip(lms, box_arr, sc, strict=True))]
+
+    def track(self, frames: Iterable[ImageLike], **options: Any) -> Iterator[list[FaceLandmarks]]:
+        """Faces of each frame of a video, tracked and smoothed: one list per frame, in order.
+
+        The detector runs on the first frame and again only when a tracked face is lost, on a schedule
+        or at a scene cut; every other frame is cropped around the face's landmarks in the frame
+        before, and the landmarks are smoothed by a One Euro filter.  ``options``: those of
+        :class:`~kdlandmark.infer.track.FaceTracker` (``smooth``, ``min_cutoff``, ``beta``, ``fps``,
+        ``redetect_every``, ...).  A frame whose size differs from the first one's raises a
+        ``ValueError`` naming it, after the frames before it were yielded.
+        """
+        from kdlandmark.infer.track import FaceTracker
+
+        tracker = FaceTracker(self, **options)
+        for frame in frames:
+            yield tracker.update(to_bgr(frame, f"frame {tracker.frame_index}"))
 
     def landmarks_in_boxes(self, images: np.ndarray | Sequence[np.ndarray],
                            boxes: Sequence[Sequence[float]] | np.ndarray,
-                           owners: Sequence[int] | None = None) -> np.ndarray:
+                           owners: Sequence[int] | None = None, heads: dict | None = None) -> np.ndarray:
         """``(F, N, 2)`` float32 image-pixel landmarks of faces given by boxes: the lean path.
 
         Args:
             images: one BGR uint8 image, or a list of them (then ``owners[f]`` is face ``f``'s image).
             boxes: ``(F, 4)`` face boxes in the landmark-box convention.
             owners: image index per face (default: all faces in the one image).
+            heads: a dict to receive the confidence outputs of a model with heads: ``"visibility"``
+                (probabilities) and ``"error"`` (image pixels), each ``(F, N)`` float32.
         """
         single = isinstance(images, np.ndarray)
         imgs: Sequence[np.ndarray] = [images] if single else images  # type: ignore[list-item]
@@ -351,6 +429,10 @@ class Landmarker:
             # BGR uint8 (m, S, S, 3) -> RGB float32 (m, 3, S, S) / 255 in one pass into the buffer
             np.multiply(self._u8[:m, :, :, ::-1].transpose(0, 3, 1, 2), self._inv255, out=x)
             coords = self.runner(x)
+            if isinstance(coords, tuple):
+                coords, extra = coords[0], coords[1:]
+                if heads is not None:
+                    _store_heads(heads, self.meta.heads, extra, affines, s, start, n)
             if coords.shape != (m, self.layout.num_points, 2):
                 raise ValueError(f"{self.source}: model returned {coords.shape}, expected "
                                  f"({m}, {self.layout.num_points}, 2)")
@@ -370,6 +452,24 @@ class Landmarker:
                 return
         cv2.warpAffine(image, affine, (s, s), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                        borderValue=(0, 0, 0))
+
+
+def _face_heads(heads: dict, i: int) -> dict[str, np.ndarray]:
+    """Face ``i``'s confidence outputs for :class:`FaceLandmarks` (none for a plain model)."""
+    return {name: heads[name][i] for name in ("visibility", "error") if name in heads}
+
+
+def _store_heads(heads: dict, names: Sequence[str], outputs: Sequence[np.ndarray], affines: np.ndarray,
+                 size: int, start: int, total: int) -> None:
+    """Put one batch's head outputs into ``heads`` (the error from model units into image pixels: the
+    crop maps the image with scale ``sqrt(|det A|)`` onto ``size`` pixels per model unit)."""
+    scale = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2])))            # crop px per image px
+    for name, value in zip(names, outputs, strict=True):
+        arr = heads.setdefault(name, np.empty((total, value.shape[1]), np.float32))
+        v = np.asarray(value, np.float32)
+        if name == "error":
+            v = v * (size / scale)[:, None]
+        arr[start:start + len(v)] = v
 
 
 def _as_detections(given: BoxesLike, where: str) -> list[tuple[Box, float]]:

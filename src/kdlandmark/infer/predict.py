@@ -7,8 +7,11 @@ on for layouts whose benchmark ships ``.pts`` files, i.e. 300W) one 1-based ``.p
 ``<name>.pts`` for the first face, ``<name>_1.pts``, ``<name>_2.pts`` ... for the others.
 
 Folders are read recursively (image extensions below), outputs mirror the sub-folders.  A video
-(``cv2.VideoCapture``) is read frame by frame and processed in batches of ``--batch`` frames; it writes
-``<name>.json`` (one entry per frame) and, unless ``--json-only``, an annotated ``<name>.mp4``.
+(``cv2.VideoCapture``) is read frame by frame and processed in batches of ``--batch`` frames, or with
+``--smooth`` tracked and smoothed (:mod:`kdlandmark.infer.track`); it writes ``<name>.json`` (one entry
+per frame; with ``--smooth`` also the tracker's events) and, unless ``--json-only``, an annotated
+``<name>.mp4``.  A model with confidence heads adds ``visibility`` and ``error`` (pixels) to every face,
+and hidden points are drawn in red; ``--confidence`` makes a model without them an error.
 
 Unreadable files are reported on stderr as they are met and skipped; the command then ends with exit
 status 1 and a summary naming them (status 2 when no input could be processed at all).  Nothing is
@@ -28,8 +31,8 @@ import numpy as np
 
 from kdlandmark.data.samples import DatasetError
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "PTS_LAYOUTS", "collect_inputs", "annotate",
-           "example_figure",
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "PTS_LAYOUTS", "HIDDEN_COLOUR", "collect_inputs",
+           "annotate", "example_figure",
            "read_boxes_table", "predict_main", "predict_files"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -67,15 +70,21 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]]
     return unique, problems
 
 
+#: Colour (BGR) of the points a model with a visibility head calls hidden (the synthetic sheets' red).
+HIDDEN_COLOUR = (40, 40, 255)
+
+
 def annotate(image_bgr: np.ndarray, faces: Sequence[Any], *, show_box: bool = False) -> np.ndarray:
-    """A copy of the image with each face's landmarks (and box) drawn."""
+    """A copy of the image with each face's landmarks (and box) drawn; points a visibility head calls
+    hidden (probability below 0.5) are drawn in red."""
     import cv2
 
     from kdlandmark.draw import draw_landmarks
 
     out = image_bgr
     for face in faces:
-        out = draw_landmarks(out, face.landmarks, face.layout)
+        hidden = face.hidden() if hasattr(face, "hidden") else None
+        out = draw_landmarks(out, face.landmarks, face.layout, occluded=hidden, occluded_color=HIDDEN_COLOUR)
         if show_box:
             x0, y0, x1, y1 = (round(v) for v in face.box)
             cv2.rectangle(out, (x0, y0), (x1, y1), (0, 160, 255), 1, cv2.LINE_AA)
@@ -125,47 +134,128 @@ def _frames(cap: Any, batch: int) -> Iterator[list[np.ndarray]]:
         yield chunk
 
 
-def _process_video(lmk: Any, src: Path, out: Path, stem: Path, args: argparse.Namespace) -> int:
-    """Landmarks of every frame of a video; returns the number of frames."""
+class _VideoOut:
+    """The outputs of one video: per-frame JSON entries and the annotated ``.mp4`` (opened on the first
+    frame), written even when the video stops early so the frames before a problem are kept."""
+
+    def __init__(self, base: Path, fps: float, args: argparse.Namespace) -> None:
+        self.base, self.fps, self.args = base, fps, args
+        self.frames: list[dict] = []
+        self.writer: Any = None
+        self.size: tuple[int, int] | None = None
+        self.no_face: list[int] = []
+
+    def add(self, frame: np.ndarray, faces: list[Any]) -> None:
+        import cv2
+
+        self.frames.append({"frame": len(self.frames), "faces": [f.to_json() for f in faces]})
+        if not faces:
+            self.no_face.append(len(self.frames) - 1)
+        if self.args.json_only:
+            return
+        if self.writer is None:
+            h, w = frame.shape[:2]
+            path = self.base.with_name(self.base.name + ".mp4")
+            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise DatasetError(path, "cannot open a video writer")
+        self.writer.write(annotate(frame, faces, show_box=self.args.show_box))
+
+    def close(self, src: Path, extra: dict) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        doc = {"video": str(src), "fps": self.fps, **extra, "frames": self.frames}
+        self.base.with_name(self.base.name + ".json").write_text(json.dumps(doc) + "\n")
+
+
+def _same_size(frame: np.ndarray, first: tuple[int, int] | None, index: int) -> tuple[int, int]:
+    h, w = frame.shape[:2]
+    if first is not None and (w, h) != first:
+        raise ValueError(f"frame {index} is {w}x{h} pixels, but the video started at {first[0]}x{first[1]}: "
+                         "a frame of another size")
+    return (w, h)
+
+
+def _spans(frames: Sequence[int]) -> str:
+    """``3-7, 12`` for frames 3, 4, 5, 6, 7, 12."""
+    out: list[str] = []
+    for f in frames:
+        if out and f == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{f}"
+        else:
+            out.append(str(f))
+    return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
+
+
+def _process_video(lmk: Any, src: Path, out: Path, stem: Path, args: argparse.Namespace
+                   ) -> tuple[int, list[str], str | None]:
+    """Landmarks of every frame of a video: the number of frames written, notes for the user, and the
+    problem that stopped it early (or None).
+
+    Frame by frame (``--batch`` frames through the model together), or with ``--smooth`` through a
+    :class:`~kdlandmark.infer.track.FaceTracker` (tracked crops, One Euro filter).  A frame of another
+    size ends the video: the frames before it are written, and the problem names the frame.  A video
+    that cannot be opened or has no decodable frame is a :class:`DatasetError`.
+    """
     import cv2
     from tqdm.auto import tqdm
 
     cap = cv2.VideoCapture(str(src))
     if not cap.isOpened():
-        raise DatasetError(src, "cannot open video")
+        raise DatasetError(src, "cannot open video (not a video file, or a codec this OpenCV lacks)")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
     base = out / stem
     base.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    frames_doc: list[dict] = []
-    index = 0
+    video = _VideoOut(base, fps, args)
+    extra: dict[str, Any] = {"mode": "frame by frame"}
+    notes: list[str] = []
+    problem: str | None = None
+    first: tuple[int, int] | None = None
+    tracker = None
+    if getattr(args, "smooth", False):
+        from kdlandmark.infer.track import FaceTracker
+
+        tracker = FaceTracker(lmk, fps=fps, min_cutoff=args.min_cutoff, beta=args.beta,
+                              redetect_every=args.redetect_every)
+        extra = {"mode": "tracking + One Euro smoothing",
+                 "one_euro": {"min_cutoff": args.min_cutoff, "beta": args.beta}}
     try:
         with tqdm(total=total, desc=src.name, unit="frame", disable=None, leave=False) as bar:
-            for chunk in _frames(cap, max(1, args.batch)):
-                results = lmk.predict(chunk)
-                for frame, faces in zip(chunk, results, strict=True):
-                    frames_doc.append({"frame": index, "faces": [f.to_json() for f in faces]})
-                    if not args.json_only:
-                        if writer is None:
-                            h, w = frame.shape[:2]
-                            writer = cv2.VideoWriter(str(base.with_name(base.name + ".mp4")),
-                                                     cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                            if not writer.isOpened():
-                                raise DatasetError(base.with_name(base.name + ".mp4"),
-                                                   "cannot open a video writer")
-                        writer.write(annotate(frame, faces, show_box=args.show_box))
-                    index += 1
-                bar.update(len(chunk))
+            for chunk in _frames(cap, 1 if tracker is not None else max(1, args.batch)):
+                good = chunk
+                try:
+                    for k, frame in enumerate(chunk):
+                        first = _same_size(frame, first, len(video.frames) + k)
+                except ValueError as exc:                    # keep the frames of the chunk before it
+                    good, problem = chunk[:k], str(exc)
+                results = [tracker.update(f) for f in good] if tracker is not None else \
+                    (lmk.predict(good) if good else [])
+                for frame, faces in zip(good, results, strict=True):
+                    video.add(frame, faces)
+                bar.update(len(good))
+                if problem is not None:
+                    break
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
-    if index == 0:
+        if tracker is not None:
+            extra["events"] = [e.to_json() for e in tracker.events]
+            extra["detector_runs"] = tracker.detections
+        if problem is not None:
+            extra["error"] = problem
+        if total and problem is None and len(video.frames) < total:
+            notes.append(f"decoded {len(video.frames)} of the {total} frames the file announces (truncated?)")
+            extra["warning"] = notes[-1]
+        video.close(src, extra)
+    if not video.frames and problem is None:
         raise DatasetError(src, "no frame could be decoded")
-    doc = {"video": str(src), "fps": fps, "frames": frames_doc}
-    base.with_name(base.name + ".json").write_text(json.dumps(doc) + "\n")
-    return index
+    if video.no_face:
+        lost = [e for e in (tracker.events if tracker is not None else []) if e.event == "lost"]
+        why = f" (tracked face lost: {lost[0].why} at frame {lost[0].frame})" if lost else ""
+        notes.append(f"no face in frame(s) {_spans(video.no_face)}{why}")
+    if problem is not None:
+        problem = f"{problem}; the {len(video.frames)} frame(s) before it were written"
+    return len(video.frames), notes, problem
 
 
 def _boxes_for(table: dict[str, list] | None, f: Path, stem: Path) -> Any:
@@ -236,8 +326,14 @@ def predict_files(lmk: Any, inputs: Sequence[str | Path], out: str | Path, *, ar
             print(f"error: {f}: videos need a face detector", file=sys.stderr)
             continue
         try:
-            stats["frames"] += _process_video(lmk, f, out, s, args)
+            frames, notes, problem = _process_video(lmk, f, out, s, args)
+            stats["frames"] += frames
             stats["videos"] += 1
+            for note in notes:
+                print(f"predict: {f}: {note}")
+            if problem is not None:
+                problems.append((str(f), problem))
+                print(f"error: {f}: {problem}", file=sys.stderr)
         except DatasetError as exc:
             problems.append((str(f), exc.problem))
             print(f"error: {f}: {exc.problem}", file=sys.stderr)
@@ -272,11 +368,19 @@ def predict_main(args: argparse.Namespace) -> int:
     """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read, 2 when
     none could (or the model or the boxes file is bad: those raise, and the command line reports them)."""
     from kdlandmark.infer.detect import DetectorUnavailable
+    from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
 
+    if getattr(args, "smooth", False):
+        args.min_cutoff = DEFAULT_MIN_CUTOFF if args.min_cutoff is None else args.min_cutoff
+        args.beta = DEFAULT_BETA if args.beta is None else args.beta
+        if args.beta < 0:
+            raise ValueError(f"--beta must be >= 0, got {args.beta}")
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
     lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
                            batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
                            refine=args.refine)
+    if getattr(args, "confidence", False):
+        lmk.require_heads()                 # a CheckpointError: one clear error line, exit status 2
     try:
         _ = lmk.detector            # build it now: a missing detector is one clear error, not one per file
     except DetectorUnavailable as exc:

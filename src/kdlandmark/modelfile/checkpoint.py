@@ -242,7 +242,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     state = load_state_dict_file(weights_path, "cpu", expected_bytes=meta.weights_bytes)
     try:
         model = LandmarkRegressor(meta.backbone, meta.num_points, pretrained=False, dropout=meta.dropout,
-                                  in_chans=meta.in_chans)
+                                  in_chans=meta.in_chans, heads=meta.heads, head_hidden=meta.head_hidden)
     except Exception as exc:  # noqa: BLE001 -- unknown timm name etc., reported against the file
         raise CheckpointError(meta_path, f"cannot build architecture {meta.architecture!r}: {exc}") from exc
     _check_tensors(state, model.state_dict(), meta, weights_path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdlandmark.config import HEAD_NAMES
 from kdlandmark.data.crop import DEFAULT_MARGIN
 from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import Layout, get_layout, layout_from_meta
@@ -28,6 +29,7 @@ __all__ = [
     "ONNX_FORMAT",
     "ONNX_VERSION",
     "MODEL_COORDINATES",
+    "HEAD_OUTPUTS",
     "CropSpec",
     "ModelMeta",
     "read_json",
@@ -38,6 +40,8 @@ CHECKPOINT_VERSION = 1
 ONNX_FORMAT = "kdlandmark-onnx"
 ONNX_VERSION = 1
 MODEL_COORDINATES = "model coordinates (p - (side - 1) / 2) / side of the input crop"
+#: The optional per-landmark outputs of a model beside the coordinates, in output order.
+HEAD_OUTPUTS = HEAD_NAMES
 
 
 def read_json(path: Path) -> dict:
@@ -155,6 +159,11 @@ class ModelMeta:
         if not isinstance(metrics, Mapping):
             raise CheckpointError(where, f"'metrics' must be a JSON object, got {metrics!r}")
         role = data.get("role")
+        heads = (arch or {}).get("heads", [])
+        known = isinstance(heads, list) and all(h in HEAD_OUTPUTS for h in heads)
+        if not known or len(set(heads)) != len(heads):
+            raise CheckpointError(where, f"'architecture.heads' must list distinct heads of {HEAD_OUTPUTS}, "
+                                         f"got {heads!r}")
         return cls(layout=layout_from_meta(data, where), input_size=size, architecture=dict(arch or {}),
                    crop=CropSpec.from_json(data.get("crop"), where),
                    role=str(role) if role is not None else None, metrics=dict(metrics), raw=dict(data))
@@ -194,6 +203,25 @@ class ModelMeta:
     def normalisation(self) -> dict | None:
         """Mean and std applied inside the model (informative: the graph does it itself)."""
         return self.architecture.get("normalisation") or self.raw.get("normalisation")
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The per-landmark outputs beside the coordinates (``visibility``, ``error``); () if none."""
+        return tuple(self.architecture.get("heads") or ())
+
+    @property
+    def head_hidden(self) -> int:
+        """Width of the heads' hidden layer (0: linear heads)."""
+        return int(self.architecture.get("head_hidden") or 0)
+
+    def require_heads(self, where: str | Path, heads: tuple[str, ...] = HEAD_OUTPUTS) -> None:
+        """Raise :class:`CheckpointError` naming ``where`` unless the model has every head of ``heads``."""
+        missing = [h for h in heads if h not in self.heads]
+        if missing:
+            have = f"only {', '.join(self.heads)}" if self.heads else "no confidence heads"
+            raise CheckpointError(where, f"this model has {have}: it predicts no per-landmark "
+                                         f"{' or '.join(missing)} (train one with model.heads.visibility / "
+                                         "model.heads.error > 0, docs/TRAINING.md)")
 
     @property
     def margin(self) -> float:

@@ -25,7 +25,8 @@ class TrainingTensors:
     """Training and validation images (uint8 ``(M, S, S, 3)``) and landmarks (stored-crop pixels).
 
     ``val_norm``: each validation face's normalising distance in model coordinates (float64, NumPy).
-    Soft landmarks are present for the Tolerant-Teacher only.
+    Soft landmarks are present for the Tolerant-Teacher only; the occlusion flags (``(M, N)`` bool, on
+    the training device) only when the model has a visibility head.
     """
 
     train_images: torch.Tensor
@@ -36,6 +37,8 @@ class TrainingTensors:
     val_soft: torch.Tensor | None
     val_norm: np.ndarray | None
     on_device: bool
+    train_occluded: torch.Tensor | None = None
+    val_occluded: torch.Tensor | None = None
 
     @property
     def n_train(self) -> int:
@@ -116,11 +119,16 @@ def load_training_tensors(cfg: TrainConfig, prepared: Any, device: torch.device)
         train_images=train_images.to(store), train_hard=landmarks(split.landmarks, train_idx),
         train_soft=landmarks(split.soft_landmarks, train_idx) if need_soft else None,
         val_images=None, val_hard=None, val_soft=None, val_norm=None, on_device=on_device)
+    need_flags = cfg.model.heads.visibility > 0
+    if need_flags:
+        out.train_occluded = torch.from_numpy(_take(split.occluded, train_idx)).to(device)
     if val_images is not None:
         hard = _take(vsplit.landmarks, val_idx).astype(np.float32)
         out.val_images = val_images.to(store)
         out.val_hard = torch.from_numpy(hard).to(device)
         out.val_soft = landmarks(vsplit.soft_landmarks, val_idx) if need_soft else None
+        if need_flags:
+            out.val_occluded = torch.from_numpy(_take(vsplit.occluded, val_idx)).to(device)
         # the eval view only scales stored pixels by 1 / (view_scale * S): the normaliser in model units
         view = view_scale(prepared.margin, prepared.context_margin) * prepared.size
         norm = np.asarray(prepared.layout.normaliser(hard), dtype=np.float64) / view

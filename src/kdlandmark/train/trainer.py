@@ -60,7 +60,7 @@ from kdlandmark.config import (
 from kdlandmark.data.augment import BatchAugmenter
 from kdlandmark.data.store import view_scale
 from kdlandmark.evaluate.metrics import nme_per_image
-from kdlandmark.losses import kd_loss, l2_loss
+from kdlandmark.losses import error_nll, kd_loss, l2_loss, visibility_loss
 from kdlandmark.modelfile.checkpoint import load_checkpoint
 from kdlandmark.models import LandmarkRegressor, count_parameters
 from kdlandmark.train import checkpoint as ckpt
@@ -68,7 +68,7 @@ from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_
 from kdlandmark.train.logs import RunLog
 from kdlandmark.train.tensors import fetch, load_training_tensors
 
-__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student"]
+__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student", "head_losses"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 #: ``mark(phase)`` is called after each phase of a step (``kdlandmark bench train`` times them).
@@ -160,8 +160,10 @@ def build_student(cfg: TrainConfig, num_points: int, device: torch.device, dist:
                   ) -> tuple[nn.Module, torch.optim.swa_utils.AveragedModel | None, nn.Module]:
     """The network being trained, its EMA copy (``optim.ema_decay``) and the module the steps run (DDP,
     ``torch.compile``)."""
+    heads = cfg.model.heads
     model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points, pretrained=cfg.model.pretrained,
-                                         dropout=cfg.model.dropout)
+                                         dropout=cfg.model.dropout, heads=heads.names,
+                                         head_hidden=heads.hidden, detach_heads=heads.detach)
     if cfg.batchnorm == "sync" and dist.enabled:
         if device.type != "cuda":
             raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
@@ -207,6 +209,24 @@ def _open_run(trainer: Trainer) -> RunLog:
                 f"{trainer.steps_per_epoch} steps x {trainer.world_batch} per epoch on "
                 f"{trainer.dist.world_size} x {trainer.device}")
     return log
+
+
+def head_losses(weights: Any, loss: torch.Tensor, terms: dict[str, torch.Tensor], pred: torch.Tensor,
+                vis_logit: torch.Tensor | None, log_b: torch.Tensor | None, targets: list[torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The role's ``loss`` plus the confidence heads' terms weighted by ``weights`` (a
+    :class:`~kdlandmark.config.HeadsConfig`): visibility BCE against the hidden mask (the last target),
+    error NLL against the hard landmarks (the first target, whatever the role trains on)."""
+    terms = dict(terms)
+    if vis_logit is not None:
+        vis = visibility_loss(vis_logit, targets[-1])
+        loss = loss + weights.visibility * vis
+        terms["visibility"] = vis.detach()
+    if log_b is not None:
+        nll = error_nll(log_b, pred, targets[0])
+        loss = loss + weights.error * nll
+        terms["error_nll"] = nll.detach()
+    return loss, terms
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -298,8 +318,9 @@ class Trainer:
     def batch(self, idx: torch.Tensor, mark: Mark | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Augmented input batch and its targets (model coords) for training-set rows ``idx``.
 
-        ``mark``: called with ``"data_wait"`` once the images are on the device and ``"augmentation"``
-        once the batch is ready.
+        Targets: hard landmarks, soft ones (Tolerant-Teacher), last (visibility head only) the ``(B, N)``
+        bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with
+        ``"data_wait"`` once the images are on the device and ``"augmentation"`` once the batch is ready.
         """
         images = fetch(self.data.train_images, idx, self.device)
         if mark is not None:
@@ -309,7 +330,14 @@ class Trainer:
         if self.data.train_soft is not None:
             lms.append(self.data.train_soft.index_select(0, idx_dev))
         with torch.no_grad():
-            x, targets = self.augmenter(images, lms, train=self.cfg.random_augment, generator=self.aug_gen)
+            train = self.cfg.random_augment
+            if self.data.train_occluded is not None:
+                occ = self.data.train_occluded.index_select(0, idx_dev)
+                x, targets, hidden = self.augmenter.with_visibility(images, lms, occ, train=train,
+                                                                    generator=self.aug_gen)
+                targets.append(hidden)
+            else:
+                x, targets = self.augmenter(images, lms, train=train, generator=self.aug_gen)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if mark is not None:
@@ -353,9 +381,13 @@ class Trainer:
         teachers = self.teacher_predict(x) if self.uses_teachers else None
         if mark is not None:
             mark("teacher_forwards")
+        heads = self.model.has_heads  # type: ignore[union-attr]
         with self._autocast():
-            pred = self.train_model(x)
-        loss, terms = self._loss(pred.float(), targets, teachers)
+            out = self.train_model(x, heads=True) if heads else self.train_model(x)
+        pred = (out[0] if heads else out).float()
+        loss, terms = self._loss(pred, targets, teachers)
+        if heads:
+            loss, terms = head_losses(self.cfg.model.heads, loss, terms, pred, out[1], out[2], targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:
