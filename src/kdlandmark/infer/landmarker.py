@@ -45,9 +45,6 @@ PRETRAINED = {"68": "kdlandmark-68"}
 __all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike", "PRETRAINED",
            "pretrained_dir"]
 
-#: Models shipped inside the package (``src/kdlandmark/pretrained/<folder>``): name -> folder.
-PRETRAINED = {"68": "kdlandmark-68"}
-
 ImageLike = Any  # str | Path | np.ndarray (BGR) | PIL.Image.Image (RGB)
 BoxesLike = Any  # (F, 4) array-like of boxes, or a sequence of ((x0, y0, x1, y1), score)
 
