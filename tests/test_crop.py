@@ -9,6 +9,8 @@ from kdlandmark.data.crop import (
     crop_affine,
     from_model_coords,
     invert_affine,
+    landmark_box,
+    model_to_image_affine,
     square_box,
     to_model_coords,
 )
@@ -42,3 +44,23 @@ def test_affine_round_trip_and_model_coords_round_trip(box, size, seed) -> None:
 def test_model_coords_span_minus_half_to_half() -> None:
     size = 224
     np.testing.assert_allclose(to_model_coords(np.array([[-0.5, size - 0.5]]), size), [[-0.5, 0.5]])
+
+
+@settings(max_examples=50, deadline=None)
+@given(lin=st.tuples(*[st.floats(-3, 3)] * 4), t=st.tuples(st.floats(-500, 500), st.floats(-500, 500)),
+       size=st.integers(16, 512), seed=st.integers(0, 1000))
+def test_model_to_image_affine_is_model_coords_then_the_inverse_crop(lin, t, size, seed) -> None:
+    """The folded map equals from_model_coords followed by the inverse affine, rotated crops included."""
+    a = np.array([[lin[0], lin[1], t[0]], [lin[2], lin[3], t[1]]])
+    if abs(np.linalg.det(a[:, :2])) < 1e-2:
+        return
+    coords = np.random.default_rng(seed).uniform(-0.7, 0.7, (9, 2))
+    expected = apply_affine(invert_affine(a), from_model_coords(coords, size).astype(np.float64))
+    np.testing.assert_allclose(apply_affine(model_to_image_affine(a, size), coords), expected,
+                               rtol=1e-6, atol=1e-6 * size / min(1.0, abs(np.linalg.det(a[:, :2]))))
+
+
+def test_landmark_box_of_integer_and_float32_points_is_exact() -> None:
+    pts = np.array([[3, 9], [7, -2], [5, 4]])
+    assert landmark_box(pts) == (3.0, -2.0, 7.0, 9.0)
+    assert landmark_box(pts.astype(np.float32) + np.float32(0.25)) == (3.25, -1.75, 7.25, 9.25)

@@ -97,6 +97,59 @@ def test_fixed_model_coords_map_to_expected_image_pixels(box, u, v, margin):
     np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), rtol=1e-5, atol=2e-3)
 
 
+class BlobRunner:
+    """A 'model' that finds the one bright blob of its crop (intensity centroid) and says it for every
+    point: what it returns is right only if the crop is mapped back with the affine that cut it."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        s = x.shape[-1]
+        w = x[:, 0] ** 4                                              # the red channel, blob-weighted
+        yy, xx = np.mgrid[0:s, 0:s]
+        c = np.stack([(w * xx).sum((1, 2)), (w * yy).sum((1, 2))], -1) / w.sum((1, 2))[:, None]
+        coords = (c - (s - 1) / 2) / s
+        return np.repeat(coords[:, None, :], LAYOUT.num_points, axis=1).astype(np.float32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cx=st.floats(20, 220), cy=st.floats(20, 180), side=st.floats(30, 400), dx=st.floats(-0.2, 0.2),
+       dy=st.floats(-0.2, 0.2))
+def test_snapped_and_warped_crops_both_map_a_blob_back_to_where_it_is(cx, cy, side, dx, dy):
+    """``snap=True`` (one resize of a whole-pixel region, padded where it leaves the image) and the warp
+    put a blob's position, found in the crop, back at the same image position: the snapped crop is mapped
+    back with the affine that actually cut it, also for crops that leave the image or shrink it."""
+    yy, xx = np.mgrid[0:200, 0:240]
+    sigma = max(2.0, side / 25)                                      # a few crop pixels wide
+    bx, by = cx + dx * side, cy + dy * side                          # the blob, near the box centre,
+    bx = float(np.clip(bx, 3 * sigma, 239 - 3 * sigma))              # and wholly inside the image
+    by = float(np.clip(by, 3 * sigma, 199 - 3 * sigma))
+    blob = 255 * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * sigma ** 2))
+    image = np.zeros((200, 240, 3), np.uint8)
+    image[:, :, 2] = np.round(blob).astype(np.uint8)                 # red, in BGR
+    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    lmk = Landmarker(BlobRunner(), _META, detector=None)
+    warped = lmk.landmarks_in_boxes(image, [box])[0, 0]
+    snapped = lmk.landmarks_in_boxes(image, [box], snap=True)[0, 0]
+    pixel = side * (1 + 2 * MARGIN) / SIZE                           # one crop pixel, in image pixels
+    assert np.hypot(*(snapped - warped)) < 0.25 * pixel + 0.05
+    assert np.hypot(snapped[0] - bx, snapped[1] - by) < 0.5 * pixel + 0.3
+
+
+def test_snapped_crop_is_a_whole_pixel_resize_within_half_a_pixel_of_the_box():
+    """The snapped crop is the resize of the image region whose edges are the box's, rounded."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    box = (30.3, 20.6, 90.2, 100.9)
+    runner = FixedRunner(np.zeros((LAYOUT.num_points, 2)))
+    Landmarker(runner, _META, detector=None).landmarks_in_boxes(image, [box], snap=True)
+    a = crop_affine(box, SIZE, MARGIN)
+    x0, y0 = (-0.5 - a[:, 2]) / a[0, 0] + 0.5                         # the exact crop's first pixel
+    n = round(SIZE / a[0, 0])
+    ix, iy = round(x0), round(y0)
+    assert abs(ix - x0) <= 0.5 and abs(iy - y0) <= 0.5
+    ref = cv2.resize(image[iy:iy + n, ix:ix + n], (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(runner.inputs[0][0], ref[:, :, ::-1].transpose(2, 0, 1) / 255, atol=1e-6)
+
+
 def test_crop_is_the_shared_crop_in_rgb_over_255():
     """The model input is cv2.warpAffine(image, crop_affine(box, S, margin)) in RGB order, divided by 255."""
     rng = np.random.default_rng(0)

@@ -134,7 +134,7 @@ class FakeLandmarker:
         side = box[2] - box[0]
         return [(tuple(box + self.rng.normal(0, self.jitter, 4) * side), 0.9)]
 
-    def faces_in_boxes(self, frame, boxes, scores=None):
+    def faces_in_boxes(self, frame, boxes, scores=None, snap=False):
         out = []
         for k, b in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
             lm = self.truth[self.t]
@@ -282,7 +282,7 @@ def test_landmarker_track_yields_faces_per_frame_then_names_a_bad_frame(landmark
     frames[2] = frames[1].copy()
     got = []
     with pytest.raises(ValueError, match="frame 4 is 100x100"):
-        for faces in landmarker.track(frames + [np.zeros((100, 100, 3), np.uint8)], scene_cut=0):
+        for faces in landmarker.track(frames + [np.zeros((100, 100, 3), np.uint8)], scene_cut=0, snap=False):
             got.append(faces)
     assert len(got) == 4 and all(len(f) == 1 for f in got)   # the frames before the problem were given
     face = got[-1][0]

@@ -92,7 +92,7 @@ class ClipLandmarker:
     def frame_index(self, frame):
         return self.index[id(frame)]
 
-    def faces_in_boxes(self, frame, boxes, scores=None):
+    def faces_in_boxes(self, frame, boxes, scores=None, snap=False):
         lm = self.truth[self.frame_index(frame)]
         out = []
         for b in np.asarray(boxes, float).reshape(-1, 4):
@@ -101,6 +101,9 @@ class ClipLandmarker:
             pred = lm + 0.3 * shift + self.rng.normal(0, self.noise, lm.shape)
             out.append(FaceLandmarks(pred.astype(np.float32), tuple(b), 1.0, COFW))
         return out
+
+    def landmarks_in_boxes(self, frame, boxes):
+        return np.stack([f.landmarks for f in self.faces_in_boxes(frame, boxes)])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,9 @@ def test_modes_detect_as_they_should_and_tracking_steadies_the_landmarks(clip):
     assert jit["frame+smooth"] < jit["frame"]
     assert all(r.scores["coverage"] == 1.0 for r in runs.values())
     timing = time_tracking(lmk, frames, truth, rounds=1)
-    assert timing["calls"] == 29 and timing["tracking_ms"] > 0 and timing["ratio"] > 0
+    assert timing["calls"] == 29 and timing["tracking_ms"] > 0 and timing["face_ms"] > 0
+    assert timing["ratio"] == pytest.approx(timing["tracking_ms"] / timing["model_ms"])
+    assert timing["ratio_face"] == pytest.approx(timing["tracking_ms"] / timing["face_ms"])
 
 
 def test_evaluate_video_command_writes_scores_and_a_plot(clip, tmp_path, capsys):

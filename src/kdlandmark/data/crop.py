@@ -21,6 +21,7 @@ __all__ = [
     "apply_affine",
     "to_model_coords",
     "from_model_coords",
+    "model_to_image_affine",
 ]
 
 #: Extra border around the face box, as a fraction of the box side on each side.
@@ -29,8 +30,10 @@ DEFAULT_MARGIN = 0.15
 
 def landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
     """Tight box ``(x0, y0, x1, y1)`` around ``(N, 2)`` landmarks."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    x0, y0 = lm.min(axis=0)
+    lm = np.asarray(landmarks)
+    if lm.dtype.kind != "f":
+        lm = lm.astype(np.float64)
+    x0, y0 = lm.min(axis=0)            # min and max are exact in any float type: no copy to float64
     x1, y1 = lm.max(axis=0)
     return float(x0), float(y0), float(x1), float(y1)
 
@@ -82,3 +85,19 @@ def to_model_coords(points: np.ndarray, size: int) -> np.ndarray:
 def from_model_coords(coords: np.ndarray, size: int) -> np.ndarray:
     """Model coordinates -> crop pixel coordinates (inverse of :func:`to_model_coords`)."""
     return np.asarray(coords, dtype=np.float32) * size + (size - 1) / 2.0
+
+
+def model_to_image_affine(affine: np.ndarray, size: int) -> np.ndarray:
+    """2x3 float64 affine mapping the model coordinates of a crop cut by ``affine`` (2x3) straight to
+    image pixels: :func:`from_model_coords` then the inverse of ``affine``, folded into one map (the
+    per-face step of inference, in plain floats: no per-call NumPy linear algebra)."""
+    (a, b, tx), (c, d, ty) = (tuple(float(v) for v in row) for row in np.asarray(affine)[:2])
+    det = a * d - b * c
+    if not np.isfinite(det) or det == 0:
+        raise ValueError(f"singular crop affine {np.asarray(affine).tolist()}")
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det        # inverse linear part
+    itx, ity = -(ia * tx + ib * ty), -(ic * tx + id_ * ty)
+    centre = (size - 1) / 2.0
+    # image = inv_lin @ (size * coords + centre) + inv_t
+    return np.array([[ia * size, ib * size, itx + centre * (ia + ib)],
+                     [ic * size, id_ * size, ity + centre * (ic + id_)]], dtype=np.float64)

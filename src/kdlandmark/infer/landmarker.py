@@ -20,7 +20,7 @@ Steps, each the project's one shared implementation:
    (crops that shrink the face below half size are area-reduced first, as prepare does);
 3. normalise: BGR -> RGB and ``/ 255`` into a pre-allocated float32 buffer (mean/std is inside the model);
 4. model: PyTorch (eager or ``torch.compile``) or ONNX Runtime, faces of all images batched together;
-5. map back: ``from_model_coords`` then the inverse crop affine (``invert_affine`` / ``apply_affine``).
+5. map back: ``model_to_image_affine`` (``from_model_coords`` then the inverse crop affine, folded).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kdlandmark.data.crop import apply_affine, crop_affine, from_model_coords, invert_affine
+from kdlandmark.data.crop import crop_affine, model_to_image_affine
 from kdlandmark.infer.detect import Box, DetectorFn, check_detections, make_detector
 from kdlandmark.infer.export import INPUT_NAME, build_onnx, load_onnx, onnx_session
 from kdlandmark.layouts import Layout
@@ -368,15 +368,15 @@ class Landmarker:
 
     # -------------------------------------------------------------------------------------------- video
     def faces_in_boxes(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray,
-                       scores: Sequence[float] | None = None) -> list[FaceLandmarks]:
+                       scores: Sequence[float] | None = None, *, snap: bool = False) -> list[FaceLandmarks]:
         """:class:`FaceLandmarks` of the faces in ``boxes`` of one BGR image (no detection), confidence
-        outputs included; the per-frame path of :class:`~kdlandmark.infer.track.FaceTracker`."""
+        outputs included (``snap``: see :meth:`landmarks_in_boxes`)."""
         box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         heads: dict = {}
-        lms = self.landmarks_in_boxes(image_bgr, box_arr, heads=heads)
+        lms = self.landmarks_in_boxes(image_bgr, box_arr, heads=heads, snap=snap)
         sc = [1.0] * len(box_arr) if scores is None else [float(v) for v in scores]
-        return [FaceLandmarks(lm, tuple(float(v) for v in box), score, self.layout, **_face_heads(heads, i))
-                for i, (lm, box, score) in enumerate(zip(lms, box_arr, sc, strict=True))]
+        return [FaceLandmarks(lm, tuple(box), score, self.layout, **_face_heads(heads, i))
+                for i, (lm, box, score) in enumerate(zip(lms, box_arr.tolist(), sc, strict=True))]
 
     def track(self, frames: Iterable[ImageLike], **options: Any) -> Iterator[list[FaceLandmarks]]:
         """Faces of each frame of a video, tracked and smoothed: one list per frame, in order.
@@ -396,7 +396,8 @@ class Landmarker:
 
     def landmarks_in_boxes(self, images: np.ndarray | Sequence[np.ndarray],
                            boxes: Sequence[Sequence[float]] | np.ndarray,
-                           owners: Sequence[int] | None = None, heads: dict | None = None) -> np.ndarray:
+                           owners: Sequence[int] | None = None, heads: dict | None = None, *,
+                           snap: bool = False) -> np.ndarray:
         """``(F, N, 2)`` float32 image-pixel landmarks of faces given by boxes: the lean path.
 
         Args:
@@ -405,6 +406,10 @@ class Landmarker:
             owners: image index per face (default: all faces in the one image).
             heads: a dict to receive the confidence outputs of a model with heads: ``"visibility"``
                 (probabilities) and ``"error"`` (image pixels), each ``(F, N)`` float32.
+            snap: cut each crop with one ``cv2.resize`` of a whole-pixel image region (the crop's edges
+                and side rounded to whole pixels: it moves by at most half a pixel and is mapped back
+                exactly) instead of ``cv2.warpAffine``; cheaper per face, the video tracker's per-frame
+                path.
         """
         single = isinstance(images, np.ndarray)
         imgs: Sequence[np.ndarray] = [images] if single else images  # type: ignore[list-item]
@@ -420,8 +425,13 @@ class Landmarker:
             affines = np.empty((m, 2, 3), np.float64)
             for j in range(m):
                 a = crop_affine(box_arr[start + j], s, self.margin)
-                affines[j] = a
-                self._warp(imgs[own[start + j]], a, self._u8[j])
+                image = imgs[own[start + j]]
+                snapped = _snapped_cut(image, a, s, self._u8[j]) if snap else None
+                if snapped is None:
+                    self._warp(image, a, self._u8[j])
+                    affines[j] = a
+                else:
+                    affines[j] = snapped
             x = self._x[:m]
             # BGR uint8 (m, S, S, 3) -> RGB float32 (m, 3, S, S) / 255 in one pass into the buffer
             np.multiply(self._u8[:m, :, :, ::-1].transpose(0, 3, 1, 2), self._inv255, out=x)
@@ -433,8 +443,7 @@ class Landmarker:
             if coords.shape != (m, self.layout.num_points, 2):
                 raise ValueError(f"{self.source}: model returned {coords.shape}, expected "
                                  f"({m}, {self.layout.num_points}, 2)")
-            crop_px = from_model_coords(coords, s)
-            out[start:stop] = apply_affine(invert_affine(affines), crop_px)
+            out[start:stop] = _map_back(coords, affines, s)
         return out
 
     def _warp(self, image: np.ndarray, affine: np.ndarray, dst: np.ndarray) -> None:
@@ -449,6 +458,43 @@ class Landmarker:
                 return
         cv2.warpAffine(image, affine, (s, s), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                        borderValue=(0, 0, 0))
+
+
+def _map_back(coords: np.ndarray, affines: np.ndarray, size: int) -> np.ndarray:
+    """Model coordinates ``(B, N, 2)`` of crops cut by ``affines`` ``(B, 2, 3)`` -> image pixels."""
+    out = np.empty(coords.shape, np.float32)
+    src = np.ascontiguousarray(coords, dtype=np.float32)
+    for j, a in enumerate(affines):
+        cv2.transform(src[j:j + 1], model_to_image_affine(a, size), dst=out[j:j + 1])
+    return out
+
+
+def _snapped_cut(image: np.ndarray, affine: np.ndarray, size: int, dst: np.ndarray) -> np.ndarray | None:
+    """The crop of ``affine`` (scale and shift only) snapped to whole pixels and cut by one
+    ``cv2.resize`` of the image region into ``dst`` (a region partly outside the image is first copied
+    into a black square); returns the affine of the crop actually cut, or None for a rotated affine or a
+    region wholly outside the image (then the caller warps)."""
+    scale = float(affine[0, 0])
+    if affine[0, 1] != 0 or affine[1, 0] != 0 or affine[1, 1] != scale or not scale > 0:
+        return None
+    side = max(1, round(size / scale))                     # the crop's side in image pixels
+    # the crop's left edge (-0.5 in crop pixels) in image pixels is x0 - 0.5 for pixel index x0
+    x0 = round((-0.5 - float(affine[0, 2])) / scale + 0.5)
+    y0 = round((-0.5 - float(affine[1, 2])) / scale + 0.5)
+    h, w = image.shape[:2]
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return None
+    region = image[iy0:iy1, ix0:ix1]
+    if (ix1 - ix0, iy1 - iy0) != (side, side):
+        square = np.zeros((side, side) + image.shape[2:], image.dtype)
+        square[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = region
+        region = square
+    sc = size / side
+    cv2.resize(region, (size, size), dst=dst, interpolation=cv2.INTER_AREA if sc < ANTIALIAS_BELOW
+               else cv2.INTER_LINEAR)
+    # cv2.resize keeps pixel centres: crop d <- region (d + 0.5) / sc - 0.5, i.e. image x0 + that
+    return np.array([[sc, 0.0, sc * (0.5 - x0) - 0.5], [0.0, sc, sc * (0.5 - y0) - 0.5]])
 
 
 def _face_heads(heads: dict, i: int) -> dict[str, np.ndarray]:

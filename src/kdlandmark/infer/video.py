@@ -171,35 +171,48 @@ def _box_side(lm: np.ndarray) -> float:
 
 def time_tracking(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTruth, *, rounds: int = 3
                   ) -> dict:
-    """Per-frame cost of tracking + smoothing against the model alone, timed in one run, interleaved.
+    """Per-frame cost of tracking + smoothing against the model alone and against the landmarks of a
+    face in a given box, timed in one run, interleaved.
 
-    Each round times the model alone on a ready batch of one crop (``runner``: the backend's own call,
-    as ``kdlandmark bench infer`` times "model-only") for as many calls as the clip has frames, then one
-    :meth:`FaceTracker.update` per frame of the clip (the first frame, which detects, is the untimed
-    warm-up; detection uses the ground-truth box, so no detector cost enters), with
-    :func:`kdlandmark.timing.time_calls`.  Returns the medians (ms) and their ratio, per round and
-    pooled.
+    Each round times, with :func:`kdlandmark.timing.time_calls`, for as many calls as the clip has
+    frames: (1) the model alone on a ready batch of one crop (``runner``: the backend's own call, as
+    ``kdlandmark bench infer`` times "model-only"); (2) one face per frame through
+    :meth:`Landmarker.landmarks_in_boxes` with its true landmark box (crop, normalise, model, map back:
+    frame-by-frame inference without the detector); (3) one :meth:`FaceTracker.update` per frame (the
+    first frame, which detects, is the untimed warm-up; detection uses the ground-truth box, so no
+    detector cost enters).  (2) and (3) read a new frame at every call, as a video does.  Returns the
+    medians (ms) and the ratios of (3) to (1) and to (2), pooled over the rounds.
     """
     gt = truth.landmarks[landmarker.layout.name]
+    boxes = [[landmark_box(g)] for g in gt]                          # outside the timed calls
     s = landmarker.input_size
     x = np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32)
-    model_ms, track_ms = [], []
+    model_ms, face_ms, track_ms = [], [], []
     for _ in range(rounds):
         m = time_calls(lambda: landmarker.runner(x), runs=len(frames) - 1, warmup=3)
+        it_face = iter(range(1, len(frames)))
+
+        def face(i: Any = it_face) -> None:
+            t = next(i, 1)
+            landmarker.landmarks_in_boxes(frames[t], boxes[t])
+
+        f = time_calls(face, runs=len(frames) - 1, warmup=0)
         tracker = FaceTracker(landmarker, fps=truth.fps, max_faces=1)
         it = iter(range(len(frames)))
 
         def step(tr: FaceTracker = tracker, i: Any = it) -> None:
             t = next(i)
-            tr.update(frames[t], boxes=[landmark_box(gt[t])])
+            tr.update(frames[t], boxes=boxes[t])
 
         tt = time_calls(step, runs=len(frames) - 1, warmup=1)
         model_ms.extend(m.times_ms)
+        face_ms.extend(f.times_ms)
         track_ms.extend(tt.times_ms)
-    med_model = float(np.median(model_ms))
-    med_track = float(np.median(track_ms))
-    return {"model_ms": med_model, "tracking_ms": med_track, "ratio": med_track / med_model,
-            "model_mean_ms": float(np.mean(model_ms)), "tracking_mean_ms": float(np.mean(track_ms)),
+    med_model, med_face, med_track = (float(np.median(v)) for v in (model_ms, face_ms, track_ms))
+    return {"model_ms": med_model, "face_ms": med_face, "tracking_ms": med_track,
+            "ratio": med_track / med_model, "ratio_face": med_track / med_face,
+            "model_mean_ms": float(np.mean(model_ms)), "face_mean_ms": float(np.mean(face_ms)),
+            "tracking_mean_ms": float(np.mean(track_ms)),
             "calls": len(track_ms), "backend": getattr(landmarker.runner, "name", "?"),
             "input_size": s, "cpu": platform.processor() or platform.machine()}
 
@@ -298,7 +311,8 @@ def format_video_table(result: dict) -> str:
         lines.append(f"{mode:<14}{nme:>8}{rel:>10}{jit:>10}{jr:>16}{m['detector_runs_per_frame']:>12.3f}")
     t = result.get("timing")
     if t:
-        lines.append(f"per-frame cost ({t['backend']}, {t['calls']} frames): tracking + smoothing "
-                     f"{t['tracking_ms']:.3f} ms, model alone {t['model_ms']:.3f} ms: {t['ratio']:.3f}x "
-                     "(medians)")
+        lines.append(f"per-frame cost ({t['backend']}, {t['calls']} frames, medians): tracking + smoothing "
+                     f"{t['tracking_ms']:.3f} ms; model alone {t['model_ms']:.3f} ms: {t['ratio']:.3f}x; "
+                     f"a face in a given box (crop, model, map back) {t['face_ms']:.3f} ms: "
+                     f"{t['ratio_face']:.3f}x")
     return "\n".join(lines)
