@@ -51,19 +51,29 @@ def card(run: Path) -> dict:
 def real_face_figures(dest: Path, faces: Path, photos: Path) -> dict:
     """The shipped files measured as tests/test_realfaces.py measures them: NME and failure rate on the
     development faces from their true boxes (PyTorch checkpoint, ``evaluate --dataset folder``), and
-    the whole photographs end to end with the default detector (ONNX Runtime, one thread)."""
+    the whole photographs end to end with the default detector (ONNX Runtime, one thread); once as the
+    model runs by default and once with flip averaging (``"flip"``: ``Landmarker(flip=True)``)."""
     import tempfile
 
     from kdlandmark.evaluate.evaluator import evaluate_checkpoint
     from kdlandmark.evaluate.photos import photo_benchmark
     from kdlandmark.infer.landmarker import Landmarker
 
-    with tempfile.TemporaryDirectory() as tmp:
-        m = evaluate_checkpoint(dest, faces, dataset="folder", out_dir=tmp, latency_runs=0, examples=0)
-    given = {k: m["subsets"]["all"][k] for k in ("nme", "fr", "auc", "count", "nme_ci95")}
-    e2e = photo_benchmark(Landmarker.from_checkpoint(dest / "model.onnx", backend="onnx", threads=1), photos)
-    e2e.pop("per_face")
-    return {"faces": str(faces), "given_boxes_percent": given, "photos": str(photos), "end_to_end": e2e}
+    figures: dict = {"faces": str(faces), "photos": str(photos)}
+    for flip in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            m = evaluate_checkpoint(dest, faces, dataset="folder", out_dir=tmp, latency_runs=0, examples=0,
+                                    flip=flip)
+        given = {k: m["subsets"]["all"][k] for k in ("nme", "fr", "auc", "count", "nme_ci95")}
+        lmk = Landmarker.from_checkpoint(dest / "model.onnx", backend="onnx", threads=1, flip=flip)
+        e2e = photo_benchmark(lmk, photos)
+        e2e.pop("per_face")
+        part = {"given_boxes_percent": given, "end_to_end": e2e}
+        if flip:
+            figures["flip"] = part
+        else:
+            figures.update(part)
+    return figures
 
 
 def ship(run: Path, name: str = "68", role: str = "kd", realfaces: Path | None = None) -> Path:
@@ -90,8 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--role", default="kd", choices=["kd", "l2"], help="which student to ship")
     parser.add_argument("--realfaces", type=Path, default=Path("../shared/realfaces"),
                         help="the real development faces (measured into card.json; skipped if absent)")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="measure the shipped files on the real faces again into their card.json "
+                             "(no export, no copy: the model files stay as they are)")
     args = parser.parse_args(argv)
     realfaces = args.realfaces if (args.realfaces / "photos.json").is_file() else None
+    if args.figures_only:
+        if realfaces is None:
+            raise SystemExit(f"error: {args.realfaces}: no photos.json (the real development faces)")
+        dest = _SRC / "kdlandmark" / "pretrained" / PRETRAINED[args.name]
+        card_path = dest / "card.json"
+        figures = json.loads(card_path.read_text(encoding="utf-8"))
+        figures["real_faces"] = real_face_figures(dest, realfaces / "faces", realfaces)
+        card_path.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+        print(f"measured {dest} again -> {card_path}")
+        return 0
     dest = ship(args.run, args.name, args.role, realfaces)
     print(f"shipped {args.run / args.role / 'best'} -> {dest}")
     return 0

@@ -180,6 +180,28 @@ def test_a_model_that_reads_the_pixels_lands_on_the_landmark(tmp_path: Path) -> 
     assert np.all(np.linalg.norm(wrong - lms, axis=-1).mean(axis=-1) * INPUT / side > 1.0)
 
 
+def test_flip_averaging_keeps_a_pixel_reading_model_on_the_landmark_and_cancels_a_bias(tmp_path: Path
+                                                                                       ) -> None:
+    root, originals = make_prepared(tmp_path / "prep", splits={"test-common": 4}, size=96, blob_sigma=2.5)
+    prepared = PreparedSet(root)
+    lms = originals["test-common"]
+    plain = predict_prepared(CentroidModel(68), prepared, "test-common", input_size=INPUT, batch=2)
+    flipped = predict_prepared(CentroidModel(68), prepared, "test-common", input_size=INPUT, batch=2,
+                               flip=True)
+    side = np.array([np.ptp(lm, axis=0).max() * (1 + 2 * MARGIN) for lm in lms])
+    assert np.all(np.linalg.norm(flipped[:, 0] - lms[:, 0], axis=-1) * INPUT / side < 0.15)
+    np.testing.assert_allclose(flipped, plain, atol=0.02 * side.max())
+
+    class Biased(CentroidModel):                   # the centroid, 0.05 of the input too far right
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + torch.tensor([0.05, 0.0])
+
+    biased = predict_prepared(Biased(68), prepared, "test-common", input_size=INPUT, batch=2)
+    fixed = predict_prepared(Biased(68), prepared, "test-common", input_size=INPUT, batch=2, flip=True)
+    assert np.all(np.linalg.norm(biased[:, 0] - lms[:, 0], axis=-1) * INPUT / side > 2.0)
+    np.testing.assert_allclose(fixed, flipped, atol=1e-3 * side.max())
+
+
 def test_evaluate_writes_metrics_and_predictions_with_zero_error_for_the_oracle(tmp_path: Path) -> None:
     root, originals = make_prepared(tmp_path / "prep")
     order = ["test-common", "test-challenging"]

@@ -242,5 +242,7 @@ def test_bench_infer_reports_every_backend(checkpoint):
     assert [r["backend"] for r in rows] == ["torch eager", "onnxruntime", "onnxruntime int8"]
     for r in rows:
         assert r["model_b1_median_ms"] > 0 and r["e2e_b1_median_ms"] > 0 and r["x_flop_bound"] > 0
+        assert r["model_flip_median_ms"] > 0 and r["e2e_flip_median_ms"] > 0
     assert res["machine"]["peak_gflops"] > 0
+    assert any("flip: model / e2e ms" in line for line in lines)
     assert any("GFLOP/s" in line for line in lines)

@@ -134,6 +134,36 @@ def test_snapped_and_warped_crops_both_map_a_blob_back_to_where_it_is(cx, cy, si
     assert np.hypot(snapped[0] - bx, snapped[1] - by) < 0.5 * pixel + 0.3
 
 
+def test_flip_averaging_runs_the_mirrored_crop_in_the_same_call_and_cancels_a_sideways_bias():
+    """``flip=True``: one model call on the crop and its left-right mirror; a 'model' that always answers
+    0.1 to the right of the centre is pulled back to the centre (the mirror's answer points left)."""
+    image = np.random.default_rng(2).integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    box = (30.0, 20.0, 90.0, 100.0)
+    coords = np.tile(np.array([[0.1, -0.05]], np.float32), (LAYOUT.num_points, 1))
+    plain, flipped = FixedRunner(coords), FixedRunner(coords)
+    a = Landmarker(plain, _META, detector=None).landmarks_in_boxes(image, [box])[0]
+    b = Landmarker(flipped, _META, detector=None, flip=True).landmarks_in_boxes(image, [box])[0]
+    x = flipped.inputs[0]
+    assert len(flipped.inputs) == 1 and len(x) == 2
+    np.testing.assert_array_equal(x[1], x[0][..., ::-1])
+    np.testing.assert_array_equal(x[0], plain.inputs[0][0])
+    side = 80 * (1 + 2 * MARGIN)
+    np.testing.assert_allclose(a[:, 0], 60 + 0.1 * side, atol=1e-3)
+    np.testing.assert_allclose(b[:, 0], 60, atol=1e-3)                       # the bias is gone in x
+    np.testing.assert_allclose(b[:, 1], a[:, 1], atol=1e-3)                  # and y is kept
+
+
+def test_flip_averaging_of_a_model_that_reads_the_image_changes_little():
+    yy, xx = np.mgrid[0:120, 0:150]
+    image = np.zeros((120, 150, 3), np.uint8)
+    image[:, :, 2] = np.round(255 * np.exp(-((xx - 64.3) ** 2 + (yy - 55.8) ** 2) / 18)).astype(np.uint8)
+    box = (30.0, 20.0, 90.0, 100.0)
+    a = Landmarker(BlobRunner(), _META, detector=None).landmarks_in_boxes(image, [box])[0]
+    b = Landmarker(BlobRunner(), _META, detector=None, flip=True).landmarks_in_boxes(image, [box])[0]
+    np.testing.assert_allclose(b, a, atol=0.05)
+    np.testing.assert_allclose(b[0], [64.3, 55.8], atol=0.3)
+
+
 def test_snapped_crop_is_a_whole_pixel_resize_within_half_a_pixel_of_the_box():
     """The snapped crop is the resize of the image region whose edges are the box's, rounded."""
     rng = np.random.default_rng(1)
@@ -478,6 +508,28 @@ def test_predict_json_only_boxes_and_pts_switch(tmp_path, checkpoint, face):
     assert sorted(p.name for p in out.iterdir()) == ["x.json"]
     doc = json.loads((out / "x.json").read_text())
     assert doc["faces"][0]["box"] == pytest.approx(list(landmark_box(lm)), abs=1e-3)
+
+
+def test_predict_flip_writes_the_average_of_the_face_and_its_mirror(tmp_path, checkpoint, face):
+    """``predict --flip``: the landmarks of ``Landmarker(flip=True)``, the mean of the two passes."""
+    img, lm = face
+    cv2.imwrite(str(tmp_path / "x.png"), img)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"x.png": [list(landmark_box(lm))]}))
+    got = {}
+    for flag in ([], ["--flip"]):
+        out = tmp_path / f"out{len(flag)}"
+        assert _predict([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out), "--boxes",
+                         str(boxes), "--detector", "none", "--json-only", *flag]) == 0
+        got[bool(flag)] = np.array(json.loads((out / "x.json").read_text())["faces"][0]["landmarks"])
+    box = [landmark_box(lm)]
+    one = Landmarker.from_checkpoint(checkpoint, detector=None).landmarks_in_boxes(img, box)[0]
+    mirrored = Landmarker.from_checkpoint(checkpoint, detector=None).landmarks_in_boxes(
+        np.ascontiguousarray(img[:, ::-1]), [(img.shape[1] - 1 - box[0][2], box[0][1],
+                                              img.shape[1] - 1 - box[0][0], box[0][3])])[0]
+    np.testing.assert_allclose(got[False], one, atol=2e-3)
+    np.testing.assert_allclose(got[True], (one + LAYOUT.mirror(mirrored, img.shape[1])) / 2, atol=0.05)
+    assert np.abs(got[True] - got[False]).max() > 0.05          # an untrained model is not mirror-symmetric
 
 
 def test_predict_video_in_batches(tmp_path, checkpoint, face):

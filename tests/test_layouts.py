@@ -86,3 +86,25 @@ def test_unknown_layouts_are_clear_errors() -> None:
         layout_for_points(5)
     with pytest.raises(ValueError, match="unknown layout"):
         get_layout("aflw")
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(ALL), seed=st.integers(0, 2**31 - 1), bias=st.floats(-0.2, 0.2))
+def test_flip_averaging_keeps_an_equivariant_answer_and_cancels_a_sideways_bias(name, seed, bias) -> None:
+    """A model that answers the mirrored crop with the mirrored answer is left as it is; a model that
+    always says ``bias`` too far right is corrected exactly (the mirror's bias points the other way)."""
+    lay = LAYOUTS[name]
+    rng = np.random.default_rng(seed)
+    coords = rng.uniform(-0.4, 0.4, (3, lay.num_points, 2))
+    vis = rng.random((3, lay.num_points))
+    mirrored = coords[:, lay.flip_array].copy()
+    mirrored[..., 0] *= -1
+    out, v = lay.average_with_mirror(np.concatenate([coords, mirrored]),
+                                     np.concatenate([vis, vis[:, lay.flip_array]]))
+    np.testing.assert_allclose(out, coords, atol=1e-12)
+    np.testing.assert_allclose(v, vis, atol=1e-12)
+    shift = np.array([bias, 0.0])
+    out, = lay.average_with_mirror(np.concatenate([coords + shift, mirrored + shift]))
+    np.testing.assert_allclose(out, coords, atol=1e-12)
+    with pytest.raises(ValueError, match="even batch"):
+        lay.average_with_mirror(coords)

@@ -57,6 +57,18 @@ def test_given_box_nme_on_the_real_faces_holds_the_documented_figure(card: dict,
 
 
 @needs_realfaces
+def test_flip_averaging_holds_its_documented_figure_and_beats_one_pass(card: dict, tmp_path: Path) -> None:
+    from kdlandmark.evaluate.evaluator import evaluate_checkpoint
+
+    got = {flip: evaluate_checkpoint(pretrained_dir("68"), REALFACES / "faces", dataset="folder",
+                                     out_dir=tmp_path / str(flip), latency_runs=0, examples=0, bootstrap=0,
+                                     flip=flip)["subsets"]["all"] for flip in (False, True)}
+    documented = card["real_faces"]["flip"]["given_boxes_percent"]
+    assert got[True]["nme"] <= documented["nme"] + 1.0, (got[True], documented)
+    assert got[True]["nme"] < got[False]["nme"] and got[True]["fr"] <= got[False]["fr"], got
+
+
+@needs_realfaces
 def test_whole_photos_end_to_end_find_the_faces_and_keep_their_accuracy(card: dict) -> None:
     lmk = Landmarker.from_pretrained(threads=1)        # the default detector, as a user gets it
     result = photo_benchmark(lmk, REALFACES)

@@ -155,6 +155,8 @@ def test_evaluate_video_command_writes_scores_and_a_plot(clip, tmp_path, capsys)
     assert "no such clip" in capsys.readouterr().err
     assert main(["evaluate", "--rescore", str(out), "--video", str(clip[0])]) == 2
     assert "--video needs --model" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(ckpt), "--video", str(clip[0]), "--flip"]) == 2
+    assert "--flip is for photos" in capsys.readouterr().err
 
 
 class DecodedClipLandmarker(ClipLandmarker):

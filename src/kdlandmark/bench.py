@@ -379,7 +379,8 @@ def _machine(peak: dict, threads: int | None, printer: Printer) -> dict:
 
 def _backend_row(name: str, runner: Any, lmk: Any, img: np.ndarray, box: Any, *, batch: int, runs: int,
                  max_seconds: float, flop_ms: float) -> dict:
-    """Model-only and end-to-end times of one backend, at batch 1 and at ``batch``."""
+    """Model-only and end-to-end times of one backend, at batch 1 and at ``batch``, and of one face with
+    flip averaging (``Landmarker(flip=True)``: the model on the crop and its mirror, one call)."""
     size = lmk.input_size
     x1 = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     xb = np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)
@@ -389,11 +390,19 @@ def _backend_row(name: str, runner: Any, lmk: Any, img: np.ndarray, box: Any, *,
     few = max(5, runs // 10)
     mb = time_calls(lambda: runner(xb), runs=few, warmup=2, max_seconds=max_seconds)
     eb = time_calls(lambda: lmk.landmarks_in_boxes(img, boxes_b), runs=few, warmup=2, max_seconds=max_seconds)
+    from kdlandmark.infer.landmarker import Landmarker
+
+    x2 = np.concatenate([x1, x1[..., ::-1]])
+    mf = time_calls(lambda: runner(x2), runs=runs, warmup=10, max_seconds=max_seconds)
+    flip_lmk = Landmarker(runner, lmk.meta, detector=None, batch_size=lmk.batch_size, flip=True)
+    ef = time_calls(lambda: flip_lmk.landmarks_in_boxes(img, [box]), runs=runs, warmup=10,
+                    max_seconds=max_seconds)
     row = {"backend": name, "model_b1_median_ms": m1.median_ms, "model_b1_p95_ms": m1.p95_ms,
            "e2e_b1_median_ms": e1.median_ms, "e2e_b1_p95_ms": e1.p95_ms,
            "model_batch_faces_per_s": 1000 * batch / mb.median_ms,
            "e2e_batch_faces_per_s": 1000 * batch / eb.median_ms,
-           "x_flop_bound": m1.median_ms / flop_ms}
+           "x_flop_bound": m1.median_ms / flop_ms,
+           "model_flip_median_ms": mf.median_ms, "e2e_flip_median_ms": ef.median_ms}
     row["e2e_over_model"] = row["e2e_b1_median_ms"] / row["model_b1_median_ms"]
     return row
 
@@ -412,7 +421,8 @@ def _bench_model(label: str, net: Any, meta: Any, peak: dict, *, batch: int, run
     printer("")
     printer(f"{label}: {flops / 1e9:.3f} GFLOP per face, FLOP bound {flop_ms:.3f} ms")
     printer(f"{'backend':18s} {'model b1 ms':>16s} {'e2e b1 ms':>16s} {'e2e/model':>9s} "
-            f"{'model b' + str(batch) + ' f/s':>15s} {'e2e b' + str(batch) + ' f/s':>13s} {'xFLOP':>6s}")
+            f"{'model b' + str(batch) + ' f/s':>15s} {'e2e b' + str(batch) + ' f/s':>13s} {'xFLOP':>6s} "
+            f"{'flip: model / e2e ms':>21s}")
     entry: dict[str, Any] = {"label": label, "input_size": meta.input_size, "flops": flops, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name, runner, note in _runners(label, net, meta, compile=compile, int8=int8, tmp=Path(tmp),
@@ -429,7 +439,8 @@ def _bench_model(label: str, net: Any, meta: Any, peak: dict, *, batch: int, run
                     f"{row['e2e_b1_median_ms']:7.3f} / {row['e2e_b1_p95_ms']:6.3f} "
                     f"{row['e2e_over_model']:9.2f} "
                     f"{row['model_batch_faces_per_s']:15.0f} {row['e2e_batch_faces_per_s']:13.0f} "
-                    f"{row['x_flop_bound']:6.1f}")
+                    f"{row['x_flop_bound']:6.1f} "
+                    f"{row['model_flip_median_ms']:10.3f} / {row['e2e_flip_median_ms']:6.3f}")
     entry["face"] = (img, box)
     return entry
 

@@ -83,6 +83,25 @@ class Layout:
         out[..., 0] = (width - 1) - out[..., 0]
         return out[..., self.flip_array, :]
 
+    def average_with_mirror(self, coords: Any, *per_point: Any) -> tuple[Any, ...]:
+        """Flip averaging (test-time augmentation) of a batch of ``2B`` model outputs: ``B`` crops, then
+        the same ``B`` crops mirrored left-right.
+
+        ``coords``: ``(2B, N, 2)`` model coordinates (centred on the crop, so mirroring the crop
+        negates x); ``per_point``: any ``(2B, N)`` per-point outputs (visibility, error).  The mirrored
+        half is brought back (x negated, points renumbered by :attr:`flip`) and averaged with the first
+        half.  Works on NumPy arrays and PyTorch tensors alike; returns ``(coords, *per_point)``, each
+        of batch ``B``.
+        """
+        b = len(coords) // 2
+        if len(coords) != 2 * b:
+            raise ValueError(f"flip averaging needs an even batch (crops, then their mirrors), got "
+                             f"{len(coords)}")
+        perm = self.flip_array
+        back = coords[b:][:, perm]                     # advanced indexing copies (NumPy and PyTorch)
+        back[..., 0] = -back[..., 0]
+        return ((coords[:b] + back) / 2, *((v[:b] + v[b:][:, perm]) / 2 for v in per_point))
+
     def eye_centres(self, landmarks: np.ndarray) -> np.ndarray:
         """``(..., 2, 2)`` eye centres (image-left eye first) from ``(..., N, 2)`` landmarks."""
         lm = np.asarray(landmarks)

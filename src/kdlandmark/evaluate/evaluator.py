@@ -102,7 +102,7 @@ def eval_view_scale(prepared: Any, margin: float | None = None) -> float:
 
 def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, batch: int = 64,
                      device: str = "cpu", margin: float | None = None, progress: bool = True,
-                     heads: dict | None = None) -> np.ndarray:
+                     heads: dict | None = None, flip: bool = False) -> np.ndarray:
     """``(M, N, 2)`` float64 predictions in original image pixels for every face of ``split``.
 
     Each stored crop is cut to the model's at-rest view (``BatchAugmenter`` in eval mode, no
@@ -120,6 +120,8 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
         progress: show a tqdm bar (hidden when not on a terminal).
         heads: a dict to receive a model's confidence outputs (a model with ``heads``): ``"visibility"``
             (probabilities) and ``"error"`` (original image pixels), each ``(M, N)``.
+        flip: flip averaging, as ``Landmarker(flip=True)``: each crop also runs mirrored (in the same
+            forward pass) and the two answers are averaged (:meth:`Layout.average_with_mirror`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -143,9 +145,13 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
                               disable=None if progress else True):
                 imgs = torch.from_numpy(np.array(sp.images[start:start + batch])).to(dev)  # copy: memmap
                 x, _ = aug(imgs, [], train=False)
+                if flip:
+                    x = torch.cat([x, x.flip(-1)])
                 out = model(x, heads=True) if names else model(x)
                 if names:
-                    out = _keep_heads(out, extra, start)
+                    out = _keep_heads(out, extra, start, layout if flip else None)
+                elif flip:
+                    out = layout.average_with_mirror(out)[0]
                 if tuple(out.shape[1:]) != (layout.num_points, 2):
                     raise ValueError(f"model returned {tuple(out.shape)}; the {layout.name} layout needs "
                                      f"(B, {layout.num_points}, 2)")
@@ -164,14 +170,20 @@ def predict_prepared(model: Any, prepared: Any, split: str, *, input_size: int, 
     return apply_affine(invert_affine(affines), stored)
 
 
-def _keep_heads(out: tuple, extra: dict[str, np.ndarray], start: int) -> Any:
-    """Store a batch's head outputs (probabilities, errors in model units) in ``extra``; the coordinates."""
+def _keep_heads(out: tuple, extra: dict[str, np.ndarray], start: int, flip: Layout | None = None) -> Any:
+    """Store a batch's head outputs (probabilities, errors in model units) in ``extra``; the coordinates.
+    ``flip``: the batch is crops then their mirrors; average them in this layout."""
     import torch
 
     from kdlandmark.models import head_outputs
 
     coords, vis_logit, log_b = out
-    for name, value in zip(("visibility", "error"), head_outputs(vis_logit, log_b), strict=True):
+    values = list(head_outputs(vis_logit, log_b))
+    if flip is not None:
+        present = [v for v in values if v is not None]
+        coords, *averaged = flip.average_with_mirror(coords, *present)
+        values = [None if v is None else averaged.pop(0) for v in values]
+    for name, value in zip(("visibility", "error"), values, strict=True):
         if value is not None:
             extra[name][start:start + len(value)] = value.detach().to("cpu", torch.float64).numpy()
     return coords
@@ -463,7 +475,7 @@ def _splits_to_score(prepared: Any, dataset: str, splits: Sequence[str] | None, 
 
 
 def _predict_all(model: Any, prepared: Any, dataset: str, wanted: Sequence[str], meta: ModelMeta, *,
-                 batch: int, device: str, info: dict) -> Predictions:
+                 batch: int, device: str, info: dict, flip: bool = False) -> Predictions:
     """Predictions and ground truth in image pixels of every face of the ``wanted`` splits."""
     preds: dict[str, np.ndarray] = {}
     gts: dict[str, np.ndarray] = {}
@@ -473,7 +485,7 @@ def _predict_all(model: Any, prepared: Any, dataset: str, wanted: Sequence[str],
         heads: dict = {}
         preds[sp] = predict_prepared(model, prepared, sp, input_size=meta.input_size, batch=batch,
                                      device=device, margin=meta.crop.margin,
-                                     heads=heads if meta.heads else None)
+                                     heads=heads if meta.heads else None, flip=flip)
         if "visibility" in heads:
             vis[sp] = heads["visibility"]
         if "error" in heads:
@@ -509,7 +521,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
                         splits: Sequence[str] | None = None, bootstrap: int = 1000, name: str | None = None,
                         batch: int = 64, device: str | None = None, latency_runs: int = 20,
                         examples: int = 4, cache_dir: str | Path | None = None, model: Any = None,
-                        meta: ModelMeta | None = None) -> dict:
+                        meta: ModelMeta | None = None, flip: bool = False) -> dict:
     """Evaluate a checkpoint on a benchmark's test subsets; writes and returns ``metrics.json``.
 
     Args:
@@ -527,6 +539,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
         latency_runs: timed CPU forwards at batch 1 (0: skip the latency measurement).
         examples: faces kept per category (best / median / worst) for the report's picture grid.
         model, meta: an already loaded model and its :class:`ModelMeta` (``ckpt`` is then only recorded).
+        flip: flip averaging (each face also runs mirrored; see :func:`predict_prepared`).
     """
     import torch
 
@@ -545,10 +558,10 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_or_root: Any, *, dataset: str
         view = eval_view_scale(prepared, meta.crop.margin)
         dev = device or _default_device()
         model.to(dev)
-        stored = _predict_all(model, prepared, dataset, wanted, meta, batch=batch, device=dev,
+        stored = _predict_all(model, prepared, dataset, wanted, meta, batch=batch, device=dev, flip=flip,
                               info={"model": name, "checkpoint": str(ckpt),
                                     "prepared": str(getattr(prepared, "root", "")),
-                                    "input_size": meta.input_size, "view_scale": view})
+                                    "input_size": meta.input_size, "view_scale": view, "flip": flip})
         score = _score(stored, normalisation, threshold, bootstrap)
         label = name or _default_name(meta, ckpt)
         stored.info["model"] = label

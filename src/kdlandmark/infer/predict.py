@@ -378,7 +378,7 @@ def predict_main(args: argparse.Namespace) -> int:
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
     lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
                            batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
-                           refine=args.refine)
+                           refine=args.refine, flip=getattr(args, "flip", False))
     if getattr(args, "confidence", False):
         lmk.require_heads()                 # a CheckpointError: one clear error line, exit status 2
     try:
