@@ -124,3 +124,27 @@ def test_refine_passes_report_the_confidence_of_the_last_pass(checkpoint, faces)
     np.testing.assert_allclose(face.landmarks, again[0], atol=1e-4)
     np.testing.assert_allclose(face.visibility, heads["visibility"][0], atol=1e-6)
     np.testing.assert_allclose(face.error, heads["error"][0], rtol=1e-6)
+
+
+def test_flip_averaging_averages_the_confidence_outputs_point_by_point(checkpoint, faces):
+    """``flip=True`` with heads: each point's visibility and error are the mean of its own value on the
+    crop and its mirror partner's value on the mirrored crop, the same in the ONNX and PyTorch paths."""
+    img, lm = faces[0]
+    box = [landmark_box(lm)]
+    one = Landmarker.from_checkpoint(checkpoint, detector=None)
+    heads: dict = {}
+    one.landmarks_in_boxes(img, box, heads=heads)
+    mirrored_heads: dict = {}
+    w = img.shape[1]
+    one.landmarks_in_boxes(np.ascontiguousarray(img[:, ::-1]), [(w - 1 - box[0][2], box[0][1],
+                                                                 w - 1 - box[0][0], box[0][3])],
+                           heads=mirrored_heads)
+    perm = LAYOUT.flip_array
+    for backend in ("torch", "onnx"):
+        flip = Landmarker.from_checkpoint(checkpoint, detector=None, backend=backend, flip=True)
+        got: dict = {}
+        flip.landmarks_in_boxes(img, box, heads=got)
+        for name in ("visibility", "error"):
+            expected = (heads[name][0] + mirrored_heads[name][0][perm]) / 2
+            np.testing.assert_allclose(got[name][0], expected, rtol=0.02, atol=0.01)
+            assert np.abs(got[name][0] - heads[name][0]).max() > 1e-3      # the mirror did change it

@@ -381,6 +381,8 @@ def _backend_row(name: str, runner: Any, lmk: Any, img: np.ndarray, box: Any, *,
                  max_seconds: float, flop_ms: float) -> dict:
     """Model-only and end-to-end times of one backend, at batch 1 and at ``batch``, and of one face with
     flip averaging (``Landmarker(flip=True)``: the model on the crop and its mirror, one call)."""
+    from kdlandmark.infer.landmarker import Landmarker
+
     size = lmk.input_size
     x1 = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     xb = np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)
@@ -390,8 +392,6 @@ def _backend_row(name: str, runner: Any, lmk: Any, img: np.ndarray, box: Any, *,
     few = max(5, runs // 10)
     mb = time_calls(lambda: runner(xb), runs=few, warmup=2, max_seconds=max_seconds)
     eb = time_calls(lambda: lmk.landmarks_in_boxes(img, boxes_b), runs=few, warmup=2, max_seconds=max_seconds)
-    from kdlandmark.infer.landmarker import Landmarker
-
     x2 = np.concatenate([x1, x1[..., ::-1]])
     mf = time_calls(lambda: runner(x2), runs=runs, warmup=10, max_seconds=max_seconds)
     flip_lmk = Landmarker(runner, lmk.meta, detector=None, batch_size=lmk.batch_size, flip=True)

@@ -431,7 +431,7 @@ class Landmarker:
             for j in range(m):
                 a = crop_affine(box_arr[start + j], s, self.margin)
                 image = imgs[own[start + j]]
-                snapped = _snapped_cut(image, a, s, self._u8[j]) if snap else None
+                snapped = _snapped_cut(image, a, s, self._u8[j], self.antialias) if snap else None
                 if snapped is None:
                     self._warp(image, a, self._u8[j])
                     affines[j] = a
@@ -440,18 +440,16 @@ class Landmarker:
             x = self._x[:m]
             # BGR uint8 (m, S, S, 3) -> RGB float32 (m, 3, S, S) / 255 in one pass into the buffer
             np.multiply(self._u8[:m, :, :, ::-1].transpose(0, 3, 1, 2), self._inv255, out=x)
-            coords = self.runner(np.concatenate([x, x[..., ::-1]]) if self.flip else x)
-            if self.flip:
-                averaged = self.layout.average_with_mirror(*coords) if isinstance(coords, tuple) else \
-                    self.layout.average_with_mirror(coords)
-                coords = averaged if isinstance(coords, tuple) else averaged[0]
-            if isinstance(coords, tuple):
-                coords, extra = coords[0], coords[1:]
-                if heads is not None:
-                    _store_heads(heads, self.meta.heads, extra, affines, s, start, n)
-            if coords.shape != (m, self.layout.num_points, 2):
+            xin = np.concatenate([x, x[..., ::-1]]) if self.flip else x     # flip: crops, then mirrors
+            outputs = self.runner(xin)
+            coords, extra = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
+            if coords.shape != (len(xin), self.layout.num_points, 2):
                 raise ValueError(f"{self.source}: model returned {coords.shape}, expected "
-                                 f"({m}, {self.layout.num_points}, 2)")
+                                 f"({len(xin)}, {self.layout.num_points}, 2)")
+            if self.flip:
+                coords, *extra = self.layout.average_with_mirror(coords, *extra)
+            if extra and heads is not None:
+                _store_heads(heads, self.meta.heads, extra, affines, s, start, n)
             out[start:stop] = _map_back(coords, affines, s)
         return out
 
@@ -478,11 +476,13 @@ def _map_back(coords: np.ndarray, affines: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _snapped_cut(image: np.ndarray, affine: np.ndarray, size: int, dst: np.ndarray) -> np.ndarray | None:
+def _snapped_cut(image: np.ndarray, affine: np.ndarray, size: int, dst: np.ndarray, antialias: bool = True
+                 ) -> np.ndarray | None:
     """The crop of ``affine`` (scale and shift only) snapped to whole pixels and cut by one
     ``cv2.resize`` of the image region into ``dst`` (a region partly outside the image is first copied
-    into a black square); returns the affine of the crop actually cut, or None for a rotated affine or a
-    region wholly outside the image (then the caller warps)."""
+    into a black square; area interpolation when ``antialias`` and the crop shrinks the image below
+    :data:`ANTIALIAS_BELOW`); returns the affine of the crop actually cut, or None for a rotated affine or
+    a region wholly outside the image (then the caller warps)."""
     scale = float(affine[0, 0])
     if affine[0, 1] != 0 or affine[1, 0] != 0 or affine[1, 1] != scale or not scale > 0:
         return None
@@ -500,8 +500,8 @@ def _snapped_cut(image: np.ndarray, affine: np.ndarray, size: int, dst: np.ndarr
         square[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = region
         region = square
     sc = size / side
-    cv2.resize(region, (size, size), dst=dst, interpolation=cv2.INTER_AREA if sc < ANTIALIAS_BELOW
-               else cv2.INTER_LINEAR)
+    area = antialias and sc < ANTIALIAS_BELOW
+    cv2.resize(region, (size, size), dst=dst, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
     # cv2.resize keeps pixel centres: crop d <- region (d + 0.5) / sc - 0.5, i.e. image x0 + that
     return np.array([[sc, 0.0, sc * (0.5 - x0) - 0.5], [0.0, sc, sc * (0.5 - y0) - 0.5]])
 
