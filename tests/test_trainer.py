@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -152,6 +153,42 @@ def test_lr_factor_stays_in_range(schedule, epochs, steps, warmup, min_ratio, ga
     assert all(values[i] < values[i + 1] for i in range(min(warm, len(values)) - 1))  # warm-up rises
     if schedule != "constant" and len(values) > warm + 1:  # after warm-up it never rises
         assert all(values[i] >= values[i + 1] - 1e-12 for i in range(warm, len(values) - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cycles=st.lists(st.integers(1, 12), min_size=1, max_size=4), steps=st.integers(1, 8),
+       warmup=st.floats(0, 1), min_ratio=st.floats(0, 0.3), decay=st.floats(0.1, 1.0))
+def test_cosine_restarts(cycles, steps, warmup, min_ratio, decay) -> None:
+    """Warm restarts: each cycle warms up, peaks at lr x decay^k, falls to min_lr; the first cycle is the
+    plain cosine of its own length, so a finished run can be extended by a restart."""
+    edges = list(itertools.accumulate([0, *cycles]))
+    o = OptimConfig(lr=0.1, min_lr=0.1 * min_ratio, epochs=edges[-1], warmup_epochs=warmup,
+                    restarts=edges[1:-1], restart_decay=decay)
+    f = lr_factor_fn(o, steps)
+    alone = lr_factor_fn(OptimConfig(lr=0.1, min_lr=0.1 * min_ratio, epochs=cycles[0], warmup_epochs=warmup),
+                         steps)
+    assert [f(s) for s in range(cycles[0] * steps)] == [alone(s) for s in range(cycles[0] * steps)]
+    warm = int(round(warmup * steps))
+    for k, (a, b) in enumerate(itertools.pairwise(edges)):
+        values = [f(s) for s in range(a * steps, b * steps)]
+        peak = max(min_ratio, decay ** k)
+        assert max(values) == pytest.approx(peak, abs=1e-9)
+        assert all(0.0 < v <= peak + 1e-9 for v in values)
+        assert all(v >= min_ratio - 1e-9 for v in values[warm:])            # cosine ends at min_lr
+        assert all(values[i] < values[i + 1] for i in range(min(warm, len(values)) - 1))  # warm-up
+        assert all(values[i] >= values[i + 1] - 1e-12 for i in range(warm, len(values) - 1))
+
+
+def test_cosine_restarts_refuse_bad_settings() -> None:
+    with pytest.raises(ValueError, match="restarts needs schedule 'cosine'"):
+        OptimConfig(epochs=10, schedule="step", restarts=[5])
+    for bad in ([0], [10], [6, 4], [5, 5]):
+        with pytest.raises(ValueError, match="must rise strictly inside"):
+            OptimConfig(epochs=10, restarts=bad)
+    with pytest.raises(ValueError, match="longer than a cycle"):
+        OptimConfig(epochs=10, restarts=[8], warmup_epochs=3)
+    with pytest.raises(ValueError, match="restart_decay"):
+        OptimConfig(epochs=10, restarts=[5], restart_decay=0)
 
 
 def test_warmup_longer_than_the_run_is_a_clear_error() -> None:
@@ -429,6 +466,26 @@ def _state_epoch(out: Path) -> int:
 
 
 @pytest.mark.slow
+def test_finished_run_extended_by_a_warm_restart_matches_a_run_started_with_it(data, tmp_path) -> None:
+    """A finished 2-epoch run resumed with ``epochs: 3, restarts: [2]`` = a fresh run with those settings."""
+
+    def cfg_for(out: str, epochs: int, resume: bool = False) -> TrainConfig:
+        cfg = tiny_train_config(data, tmp_path / out, resume=resume)
+        cfg.optim.epochs, cfg.optim.warmup_epochs = epochs, 0.5
+        if epochs == 3:
+            cfg.optim.restarts, cfg.optim.restart_decay = [2], 0.5
+        cfg.model.dropout, cfg.random_augment = 0.2, True
+        return cfg
+
+    fresh = Trainer(cfg_for("fresh", 3)).fit()
+    Trainer(cfg_for("extended", 2)).fit()
+    short = _weights(tmp_path / "extended" / "last")
+    extended = Trainer(cfg_for("extended", 3, resume=True)).fit()
+    _assert_same_weights(_weights(tmp_path / "fresh" / "last"), _weights(tmp_path / "extended" / "last"))
+    assert [r["loss"] for r in fresh["history"]] == [r["loss"] for r in extended["history"]]
+    assert not torch.equal(short["head.weight"], _weights(tmp_path / "extended" / "last")["head.weight"])
+
+
 def test_resume_after_sigkill_matches_uninterrupted(data, tmp_path) -> None:
     """Kill a run in the middle of epoch 3 (SIGKILL), resume it: the weights of an uninterrupted run."""
 

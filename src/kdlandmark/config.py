@@ -335,6 +335,13 @@ class OptimConfig:
             ``constant`` or ``inverse-time`` (``lr / (1 + lr_decay * step)``, Keras' ``decay``).
         warmup_epochs: linear warm-up from ~0 to ``lr`` over this many epochs (may be fractional).
         min_lr: final learning rate of the cosine schedule.
+        restarts: ``cosine`` only: epochs at which the cosine starts again (warm restarts, SGDR,
+            Loshchilov & Hutter 2017), e.g. ``[60]`` with ``epochs: 100`` = a 60-epoch cycle then a
+            40-epoch one.  Each cycle begins with the warm-up again and peaks at ``lr`` times
+            ``restart_decay`` per restart so far.  The optimiser state is kept across a restart, so a
+            finished ``epochs: 60`` run resumed with ``epochs: 100, restarts: [60]`` continues exactly
+            as a run started with those settings would.
+        restart_decay: peak multiplier per restart (1.0: every cycle peaks at ``lr``).
         step_epochs, step_gamma: the ``step`` schedule.
         lr_decay: the ``inverse-time`` schedule's per-step decay.
         epochs: training epochs.
@@ -360,9 +367,23 @@ class OptimConfig:
     batch_size: int = 70
     grad_clip: float | None = None
     ema_decay: float | None = None
+    restarts: list[int] = field(default_factory=list)
+    restart_decay: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.restarts = [int(e) for e in self.restarts]
+        if self.restarts and self.schedule != "cosine":
+            raise ValueError(f"optim.restarts needs schedule 'cosine', got {self.schedule!r}")
+        if any(b <= a for a, b in zip([0, *self.restarts], [*self.restarts, self.epochs], strict=True)):
+            raise ValueError(f"optim.restarts must rise strictly inside (0, optim.epochs={self.epochs}), "
+                             f"got {self.restarts}")
+        if self.restarts and self.warmup_epochs > min(b - a for a, b in zip(
+                [0, *self.restarts], [*self.restarts, self.epochs], strict=True)):
+            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) is longer than a cycle of "
+                             f"optim.restarts {self.restarts} (optim.epochs {self.epochs})")
+        if not 0.0 < self.restart_decay <= 1.0:
+            raise ValueError(f"optim.restart_decay must be in (0, 1], got {self.restart_decay}")
         if self.name not in _OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {_OPTIMIZERS}, got {self.name!r}")
         if self.schedule not in _SCHEDULES:

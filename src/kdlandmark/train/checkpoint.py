@@ -158,6 +158,14 @@ def resume(trainer: Any) -> bool:
     sched = dict(state["scheduler"])
     sched["lr_lambdas"] = [None] * len(trainer.optimizer.param_groups)
     trainer.scheduler.load_state_dict(sched)
+    # the next step's rate from the schedule of the config now running, not the one saved with the
+    # optimiser: the same value when the schedule is unchanged, the new one when a finished run is
+    # extended (more epochs, a warm restart)
+    lrs = [base * fn(trainer.scheduler.last_epoch)
+           for base, fn in zip(trainer.scheduler.base_lrs, trainer.scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(trainer.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    trainer.scheduler._last_lr = lrs
     trainer.epoch = int(state["epoch"])
     trainer.step = int(state["step"])
     trainer.best_metric = float(state["best_metric"])

@@ -81,11 +81,15 @@ def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int, restart_epoch: int = 0) -
 
     ``restart_epoch > 0``: the optimiser starts afresh there (the KD student's switch from its L2
     warm-up), so the linear warm-up is applied again from that epoch, on top of the schedule.
+    ``cfg_optim.restarts``: the cosine starts again at those epochs (SGDR), each cycle with its warm-up.
     """
-    total = max(1, cfg_optim.epochs * steps_per_epoch)
     warm = int(round(cfg_optim.warmup_epochs * steps_per_epoch))
     floor = cfg_optim.min_lr / cfg_optim.lr
     restart = restart_epoch * steps_per_epoch
+    # cosine cycles (one unless optim.restarts): [start, end) in steps and the peak of each
+    edges = [e * steps_per_epoch for e in (0, *cfg_optim.restarts, cfg_optim.epochs)]
+    cycles = [(a, max(a + 1, b), max(floor, cfg_optim.restart_decay ** k))
+              for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
 
     def factor(step: int) -> float:
         if 0 < restart <= step < restart + warm:
@@ -101,8 +105,12 @@ def lr_factor_fn(cfg_optim: Any, steps_per_epoch: int, restart_epoch: int = 0) -
             return cfg_optim.step_gamma ** ((step // steps_per_epoch) // cfg_optim.step_epochs)
         if cfg_optim.schedule == "inverse-time":
             return 1.0 / (1.0 + cfg_optim.lr_decay * step)
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        start, end, peak = next((c for c in cycles if step < c[1]), cycles[-1])
+        if start > 0 and step < start + warm:  # a warm restart warms up again
+            return peak * (step - start + 1) / warm
+        lead = warm if start == 0 else start + warm
+        progress = min(1.0, (step - lead) / max(1, end - lead))
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
