@@ -372,18 +372,6 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self.restarts = [int(e) for e in self.restarts]
-        if self.restarts and self.schedule != "cosine":
-            raise ValueError(f"optim.restarts needs schedule 'cosine', got {self.schedule!r}")
-        if any(b <= a for a, b in zip([0, *self.restarts], [*self.restarts, self.epochs], strict=True)):
-            raise ValueError(f"optim.restarts must rise strictly inside (0, optim.epochs={self.epochs}), "
-                             f"got {self.restarts}")
-        if self.restarts and self.warmup_epochs > min(b - a for a, b in zip(
-                [0, *self.restarts], [*self.restarts, self.epochs], strict=True)):
-            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) is longer than a cycle of "
-                             f"optim.restarts {self.restarts} (optim.epochs {self.epochs})")
-        if not 0.0 < self.restart_decay <= 1.0:
-            raise ValueError(f"optim.restart_decay must be in (0, 1], got {self.restart_decay}")
         if self.name not in _OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {_OPTIMIZERS}, got {self.name!r}")
         if self.schedule not in _SCHEDULES:
@@ -399,6 +387,18 @@ class OptimConfig:
             raise ValueError(f"optim.grad_clip must be positive or null, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        self.restarts = [int(e) for e in self.restarts]
+        if self.restarts and self.schedule != "cosine":
+            raise ValueError(f"optim.restarts needs schedule 'cosine', got {self.schedule!r}")
+        cycles = [b - a for a, b in zip([0, *self.restarts], [*self.restarts, self.epochs], strict=True)]
+        if min(cycles) <= 0:
+            raise ValueError(f"optim.restarts must rise strictly inside (0, optim.epochs={self.epochs}), "
+                             f"got {self.restarts}")
+        if self.restarts and self.warmup_epochs > min(cycles):
+            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) is longer than a cycle of "
+                             f"optim.restarts {self.restarts} (optim.epochs {self.epochs})")
+        if not 0.0 < self.restart_decay <= 1.0:
+            raise ValueError(f"optim.restart_decay must be in (0, 1], got {self.restart_decay}")
 
 
 @dataclass
