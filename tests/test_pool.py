@@ -196,6 +196,74 @@ def test_landmarks_follow_the_warped_texture(pool) -> None:
     assert checked >= 3
 
 
+@settings(max_examples=30, deadline=None)
+@given(pitch=st.floats(-30, 30), roll=st.floats(-40, 40))
+def test_an_unturned_head_keeps_its_frontal_outline(pitch, roll) -> None:
+    """Without yaw the outline is the frontal one, whatever the pitch and roll: nothing moves."""
+    from kdlandmark.data.synth.face import rotation
+    from kdlandmark.data.synth.pool import _model, _outline_points
+
+    frontal = _outline_points(rotation(0.0, 0.0, 0.0))
+    np.testing.assert_allclose(frontal, np.concatenate([_model().landmarks, _model().anchors])[_model().side],
+                               atol=0.01)
+    np.testing.assert_allclose(_outline_points(rotation(0.0, pitch, roll)), frontal, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(yaw=st.floats(-45, 45))
+def test_a_turned_heads_outline_is_as_wide_as_its_rotated_cross_section(yaw) -> None:
+    """At the temples the mean head's cross-section is an ellipse (half-width a, half-depth c): turned
+    by ``yaw`` it shows sqrt(a^2 cos^2 + c^2 sin^2) on each side of its centre, not the a cos(yaw) where
+    its frontal outline points go."""
+    import math
+
+    from kdlandmark.data.synth.face import FaceShape, build_geometry, rotation
+    from kdlandmark.data.synth.pool import PIVOT, _model, _outline_points
+
+    m = _model()
+    rot = rotation(yaw, 0.0, 0.0)
+    temples = len(m.side) - 2, len(m.side) - 1
+    left, right = ((_outline_points(rot)[list(temples)] - PIVOT) @ rot.T)[:, 0]
+    a, z0, cf, cb = build_geometry(FaceShape()).rows(np.array([m.sections[temples[0], 0, 1]]))
+    assert cf[0] == pytest.approx(cb[0])
+    t = math.radians(yaw)
+    half = math.sqrt((a[0] * math.cos(t)) ** 2 + (cf[0] * math.sin(t)) ** 2)
+    assert (right - left) / 2 == pytest.approx(half, rel=2e-3)
+    frontal = ((np.concatenate([m.landmarks, m.anchors])[m.side[list(temples)]] - PIVOT) @ rot.T)[:, 0]
+    assert (right - left) >= (frontal[1] - frontal[0]) - 1e-6
+
+
+def test_outline_moves_a_turned_jaw_outwards_and_nothing_else(pool, monkeypatch) -> None:
+    """``PoolStyle.outline``: the jaw points of a turned face move out to the head's outline on both
+    sides, and the inner landmarks stay where they were (the same draws; the placement, which fits the
+    landmark box into the picture, may scale them)."""
+    from kdlandmark.data.synth import pool as pool_module
+
+    face = pool[4]                      # nearly frontal in its own picture (yaw about 5 degrees)
+    for yaw in (-25.0, 25.0):
+        got = {}
+        monkeypatch.setattr(pool_module, "_pose", lambda rng, style, y=yaw: (y, 0.0, 0.0))
+        for outline in (0.0, 1.0):
+            style = PoolStyle.plain(yaw=1.0, pitch=0.0, roll=0.0, identity=0.0, expression=0.0,
+                                    outline=outline)
+            dst, _, info = pool_module._target(np.random.default_rng(0), face, style, 192)
+            assert info["yaw"] == yaw
+            got[outline] = dst
+        inner = np.arange(17, 68)
+        centre = got[0.0][inner].mean(0)
+        centre1 = got[1.0][inner].mean(0)
+        # the same placement draws; the jaw's widening may only rescale the placement a little
+        spread0 = np.linalg.norm(got[0.0][inner] - centre, axis=1)
+        spread1 = np.linalg.norm(got[1.0][inner] - centre1, axis=1)
+        scale = spread1.mean() / spread0.mean()
+        np.testing.assert_allclose((got[1.0][inner] - centre1) / scale, got[0.0][inner] - centre, atol=0.05)
+        width0 = got[0.0][16, 0] - got[0.0][0, 0]
+        width1 = (got[1.0][16, 0] - got[1.0][0, 0]) / scale
+        assert got[1.0][0, 0] / scale - centre1[0] / scale < got[0.0][0, 0] - centre[0]   # left side out
+        assert got[1.0][16, 0] / scale - centre1[0] / scale > got[0.0][16, 0] - centre[0]  # right side out
+        assert width1 > 1.05 * width0, (yaw, width1 / width0)
+
+
 def test_plain_style_applies_no_appearance_step(pool) -> None:
     for seed in range(6):
         _, _, info = render_pool_face(np.random.default_rng(seed), pool, SIZE, PoolStyle.plain())

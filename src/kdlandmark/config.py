@@ -502,6 +502,9 @@ class PoolStyle:
             replaced by the mean face's, so that the pool's few identities do not become the model's
             shape prior (0 keeps the pool face's proportions).
         identity: how much of a random synthetic identity's shape is added (0 keeps the pool face's).
+        outline: how far the jaw points and the temples of a turned head move from where their 3D points
+            project to the head's outline at the new pose (1: on the outline, as 300W and dlib label a
+            turned face's jaw; 0: the 3D points, which a turned head shows inside its outline).
         expression: probability of a random synthetic expression (mouth, smile, eyes, brows).
         face_fraction: range of the landmark box's side as a fraction of the image side.
         mix: probability of taking eyes, nose and mouth from a second pool face.
@@ -518,6 +521,7 @@ class PoolStyle:
     roll: float = 10.0
     renormalise: float = 0.0
     identity: float = 0.8
+    outline: float = 0.0
     expression: float = 0.6
     face_fraction: tuple[float, float] = (0.45, 0.7)
     mix: float = 0.5
@@ -533,7 +537,8 @@ class PoolStyle:
     @classmethod
     def plain(cls, **changes: float) -> PoolStyle:
         """Only the warp (pose, identity, expression): no appearance step (the ablation's base)."""
-        geometry = ("yaw", "pitch", "roll", "renormalise", "identity", "expression", "face_fraction")
+        geometry = ("yaw", "pitch", "roll", "renormalise", "identity", "outline", "expression",
+                    "face_fraction")
         off = {f.name: 0.0 for f in dataclasses.fields(cls) if f.name not in geometry}
         off.update(changes)
         return cls(**off)  # type: ignore[arg-type]

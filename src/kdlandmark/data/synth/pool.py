@@ -101,6 +101,9 @@ class _Model:
     mouth_inner: tuple[int, ...]
     face_outline: np.ndarray  # indices (into N + A) of the head outline, for the head mask
     neck: np.ndarray          # indices (into N + A) of the neck anchors
+    side: np.ndarray          # indices (into N + A) of the points on the frontal outline: jaw, temples
+    side_sign: np.ndarray     # -1 for the image-left ones, +1 for the right
+    sections: np.ndarray      # (len(side), S, 3) the mean head's cross-section through each of them
 
 
 @lru_cache(maxsize=1)
@@ -126,8 +129,16 @@ def _model() -> _Model:
     outline = np.array(jaw + [temples[1]] + fore_top[:2] + [head_top] + fore_top[-2:] + [temples[0]],
                        dtype=np.int64)
     neck = np.arange(head_top + 1, head_top + 4)
+    side = np.array(jaw + temples, dtype=np.int64)
+    at = np.concatenate([lm, an])[side]
+    a, z0, cf, cb = mean.rows(at[:, 1])
+    phi = np.linspace(-np.pi, np.pi, 360, endpoint=False)[None, :]
+    sections = np.stack([a[:, None] * np.sin(phi), np.broadcast_to(at[:, 1:2], (len(side), phi.size)),
+                         z0[:, None] + np.where(np.cos(phi) > 0, cf[:, None], cb[:, None]) * np.cos(phi)],
+                        axis=-1)
     return _Model(layout=layout, landmarks=lm, anchors=an, triangles=tris,
-                  mouth_inner=tuple(layout.groups["mouth_inner"]), face_outline=outline, neck=neck)
+                  mouth_inner=tuple(layout.groups["mouth_inner"]), face_outline=outline, neck=neck,
+                  side=side, side_sign=np.where(at[:, 0] < 0, -1.0, 1.0), sections=sections)
 
 
 def _iod(points: np.ndarray) -> float:
@@ -296,16 +307,39 @@ def _target(rng: np.random.Generator, face: PoolFace, style: PoolStyle, size: in
     disp, info = _displacement(rng, style, face)
     yaw, pitch, roll = _pose(rng, style)
     src_area = signed_areas(face.points, m.triangles)
+    seen = _outline_points(rotation(*face.pose)) if style.outline > 0 else None
     for attempt in range(5):
         shrink = 0.0 if attempt == 4 else 0.6 ** attempt
         rot = rotation(yaw * shrink, pitch * shrink, roll)
-        p3 = (face.head + (disp if attempt < 4 else 0.0) - PIVOT) @ rot.T
+        head = face.head + (disp if attempt < 4 else 0.0)
+        if seen is not None:   # the labelled outline (seen in the photo's pose) to the new pose's outline
+            head = head.copy()
+            head[m.side] += style.outline * (_outline_points(rot) - seen)
+        p3 = (head - PIVOT) @ rot.T
         dst = _place(rng, p3[:, :2], n, size, style.face_fraction)
         folded = np.sign(signed_areas(dst, m.triangles)) != np.sign(src_area)
         if folded.mean() <= MAX_FOLDED:
             break
     info.update(yaw=yaw * shrink, pitch=pitch * shrink, roll=roll, folded=int(folded.sum()))
     return dst, _depth(p3), info
+
+
+def _outline_points(rot: np.ndarray) -> np.ndarray:
+    """Head-frame points where the mean head's outline lies, seen in pose ``rot``, at the rows of the
+    frontal outline's points (:attr:`_Model.side`), each on its own side of the head.
+
+    A head's outline is where its surface turns away from the camera; a labelled jaw (300W, dlib)
+    follows it.  Turned, the frontal outline's 3D points come inside it (on both sides: a head of
+    half-width a and round cross-section shows them at a cos(yaw) from its axis, its outline at about
+    a), so they are not where a turned face's jaw is labelled.  Each row's outline point is the point
+    of its cross-section that reaches farthest, in the image, along the row's own direction.
+    """
+    m = _model()
+    sec = m.sections
+    along = rot[:2, 0] / max(float(np.linalg.norm(rot[:2, 0])), 1e-9)   # the head's x axis, in the image
+    reach = ((sec - PIVOT) @ rot.T)[..., :2] @ along                       # (K, S)
+    best = np.argmax(reach * m.side_sign[:, None], axis=1)
+    return sec[np.arange(len(sec)), best]
 
 
 def _depth(p3: np.ndarray) -> np.ndarray:
