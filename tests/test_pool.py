@@ -270,6 +270,43 @@ def test_plain_style_applies_no_appearance_step(pool) -> None:
         assert set(info["steps"]) <= {"mouth"} and "low_res_iod" not in info
 
 
+
+@settings(max_examples=30, deadline=None)
+@given(x=st.floats(-400, 600), y=st.floats(-3000, 400), length=st.floats(0.5, 40), seed=st.integers(0, 99))
+def test_hair_strands_are_finite_and_bounded_wherever_the_crown_is(x, y, length, seed) -> None:
+    """The strand texture is a brightness factor in [0, 1] over the whole picture, also for a crown far
+    outside it (the polar map must reach every pixel, never leaving NaN or an unfilled black corner)."""
+    from kdlandmark.data.synth.pool import _strands
+
+    tex = _strands(np.random.default_rng(seed), 64, np.array([x, y]), length)
+    assert tex.shape == (64, 64) and np.isfinite(tex).all()
+    assert tex.min() >= 0.0 and tex.max() <= 1.0
+    assert float((tex <= 0.0).mean()) < 0.02      # no unfilled (black) corner of the polar map
+
+
+def test_hair_covers_the_head_and_never_moves_a_landmark(pool) -> None:
+    """``PoolStyle.hair``: the same draws give the same landmarks with and without hair; hair changes the
+    top of the head (above the highest landmark) and leaves the mouth and chin as they were."""
+    changed_top = []
+    for seed in range(6):
+        out = {}
+        for hair in (0.0, 1.0):
+            style = PoolStyle.plain(expression=0.0, hair=hair)
+            out[hair] = render_pool_face(np.random.default_rng(seed), pool, SIZE, style)
+        (img0, lm0, info0), (img1, lm1, info1) = out[0.0], out[1.0]
+        np.testing.assert_array_equal(lm0, lm1)
+        assert "hair" in info1["steps"] and "hair" not in info0["steps"]
+        diff = np.abs(img1.astype(np.int16) - img0.astype(np.int16)).max(axis=2)
+        x0, y0 = np.floor(lm0[48:68].min(0)).astype(int)
+        x1, y1 = np.ceil(lm0[48:68].max(0)).astype(int)
+        assert diff[y0:y1 + 1, x0:x1 + 1].max() == 0, seed      # the mouth: untouched
+        top = int(np.floor(lm0[:, 1].min())) - 2                 # the rows above every landmark
+        if top > 4:
+            band = diff[max(0, top - 8):top, int(lm0[:, 0].min()):int(lm0[:, 0].max())]
+            changed_top.append(float((band > 8).mean()))
+    assert changed_top and np.mean(changed_top) > 0.5, changed_top
+
+
 # ---------------------------------------------------------------------------------------- hybrid
 
 def test_albedo_hook_changes_pixels_not_geometry() -> None:

@@ -510,6 +510,9 @@ class PoolStyle:
         mix: probability of taking eyes, nose and mouth from a second pool face.
         background: probability of replacing the background outside the head.
         glasses: probability of drawing glasses.
+        hair: probability of drawing hair over the head (a hairline or fringe anywhere from the top of
+            the forehead to over the brows, sometimes locks down the sides of the face): the pool's faces
+            are mostly bald or cropped close.
         colour: probability of a random colour change (hue, channel gains, saturation, grey).
         light: probability of a random directional light / shadow over the face.
         low_res: probability of reducing the resolution (inter-ocular 10-40 px) and enlarging it back.
@@ -527,6 +530,7 @@ class PoolStyle:
     mix: float = 0.5
     background: float = 0.6
     glasses: float = 0.15
+    hair: float = 0.0
     colour: float = 0.8
     light: float = 0.5
     low_res: float = 0.5

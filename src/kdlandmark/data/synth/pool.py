@@ -519,6 +519,93 @@ def _glasses(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator) -> None
         cv2.line(img, _ipt(c + d * r * side), _ipt(tip), colour, thick, cv2.LINE_AA)
 
 
+#: Hair colours (BGR): black, dark brown, brown, chestnut, auburn, dark blonde, blonde, grey.
+_HAIR_BGR = np.array([(25, 25, 28), (30, 40, 55), (45, 65, 95), (50, 80, 125), (40, 60, 140),
+                      (90, 130, 170), (140, 185, 215), (170, 170, 170)], dtype=np.float32)
+
+
+def _strands(rng: np.random.Generator, size: int, root: np.ndarray, length: float) -> np.ndarray:
+    """A hair texture in about [0.3, 0.7]: noise smeared along the rays from ``root`` (the crown), so the
+    strands fall away from it; ``length``: the smear along a ray, in pixels."""
+    rays = 360
+    corners = np.array([(0, 0), (0, size), (size, 0), (size, size)], np.float64)
+    reach = int(np.ceil(np.linalg.norm(corners - root, axis=1).max())) + 2
+    polar = rng.random((rays, reach)).astype(np.float32)         # rows: angle, columns: radius
+    polar = cv2.GaussianBlur(polar, (0, 0), sigmaX=max(1.0, length), sigmaY=0.7)
+    polar -= polar.mean()
+    polar = 0.5 + polar / max(float(polar.std()), 1e-6) * 0.15
+    flags = cv2.WARP_POLAR_LINEAR | cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR
+    tex = cv2.warpPolar(polar, (size, size), (float(root[0]), float(root[1])), float(reach), flags)
+    return np.clip(np.nan_to_num(tex, nan=0.5), 0.0, 1.0)
+
+
+def _hair(img: np.ndarray, dst: np.ndarray, rng: np.random.Generator, size: int) -> dict:
+    """Draw hair over the head of a pool face (the pool's faces are mostly bald or cropped close): a
+    mass over the cranium whose lower edge, the hairline or a fringe, falls anywhere from the top of the
+    forehead to over the brows, and sometimes locks down the sides of the face over the temples, the
+    ears and the upper jaw line.  The landmarks stay where they are (hidden points keep their place, as
+    300W labels them)."""
+    m = _model()
+    n = m.layout.num_points
+    g = m.layout.groups
+    k = len(_FOREHEAD_X)
+    scale = _iod(dst)
+    rows = [dst[n + r * k:n + (r + 1) * k] for r in range(3)]          # forehead rows, low to high
+    temples = dst[[n + 3 * k, n + 3 * k + 1]]
+    top = dst[n + 3 * k + 2]
+    brows = np.concatenate([dst[list(g["brow_left"])], dst[list(g["brow_right"])]])
+    # the lower edge, left to right: between the brows (a fringe) and the top forehead row (a high hairline)
+    low = float(rng.uniform(0.0, 1.0)) ** 1.5                         # 0: over the brows, 1: high
+    brow_line = np.array([np.interp(x, np.sort(brows[:, 0]), brows[np.argsort(brows[:, 0]), 1])
+                          for x in rows[0][:, 0]]) - 0.08 * scale
+    fringe = np.column_stack([rows[0][:, 0], brow_line])
+    edge = fringe + (rows[2] - fringe) * low if low < 0.5 else rows[1] + (rows[2] - rows[1]) * (2 * low - 1)
+    edge = edge[np.argsort(edge[:, 0])]
+    side_l, side_r = temples[np.argsort(temples[:, 0])]
+    # the outer edge: the upper half of an ellipse through the temples reaching over the head's top
+    mid = (side_l + side_r) / 2
+    across = side_r - side_l
+    half = float(np.linalg.norm(across)) / 2
+    ux = across / max(2 * half, 1e-6)
+    uy = np.array([ux[1], -ux[0]])                                     # upwards in the head's frame
+    volume = float(rng.uniform(1.05, 1.3))
+    height = max(float((top - mid) @ uy) * float(rng.uniform(1.25, 1.6)), 0.5 * half)
+    t = np.linspace(np.pi, 0.0, 24)
+    crown = mid + np.outer(np.cos(t) * half * volume, ux) + np.outer(np.sin(t) * height, uy)
+    info: dict = {"hairline": round(low, 3)}
+    left_lock = right_lock = None
+    if rng.random() < 0.45:                                            # long hair down the sides
+        jaw = dst[list(g["jaw"])]
+        reach = int(rng.integers(2, 7))                                # down to jaw point 1..5 of each side
+        width = float(rng.uniform(0.15, 0.5)) * scale
+        inset = float(rng.uniform(-0.05, 0.15)) * scale                # how far it covers the face's edge
+        def lock(points: np.ndarray, outward: float) -> np.ndarray:
+            taper = np.linspace(1.0, 0.2, len(points))[:, None]        # thinning towards its end
+            inner = points + np.array([-outward * inset, 0.0]) * taper
+            outer = points + np.array([outward * width, 0.0]) * taper
+            return np.concatenate([inner, outer[::-1]])
+        left_lock = lock(np.vstack([side_l, jaw[:reach]]), -1.0)
+        right_lock = lock(np.vstack([side_r, jaw[::-1][:reach]]), 1.0)
+        info["locks"] = reach
+    # a ragged lower edge: many points along it, each lowered by a random strand length
+    fine = np.linspace(0.0, 1.0, 40)
+    ex = np.interp(fine, np.linspace(0, 1, len(edge)), edge[:, 0])
+    ey = np.interp(fine, np.linspace(0, 1, len(edge)), edge[:, 1])
+    ey = ey + np.abs(rng.normal(0.0, 0.04 * scale, len(fine)))
+    poly = np.vstack([np.column_stack([ex, ey]), crown[::-1]])
+    mask = np.zeros((size, size), np.float32)
+    for shape in (poly, left_lock, right_lock):
+        if shape is not None:
+            cv2.fillPoly(mask, [np.round(shape * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.02 * scale))
+    colour = _HAIR_BGR[int(rng.integers(len(_HAIR_BGR)))] * np.float32(rng.uniform(0.8, 1.2))
+    tex = _strands(rng, size, mid + 2.5 * height * uy, 0.3 * scale)
+    shade = (0.55 + 0.9 * tex)[..., None] * colour
+    alpha = mask[..., None] * np.float32(rng.uniform(0.85, 1.0))
+    img[:] = img * (1 - alpha) + shade * alpha
+    return info
+
+
 def _colour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random hue rotation, saturation, channel gains and gamma; sometimes grey."""
     u8 = np.clip(img, 0, 255).astype(np.uint8)
@@ -619,6 +706,9 @@ def render_pool_face(rng: np.random.Generator, pool: list[PoolFace], size: int =
         steps.append("background")
     if _mouth_interior(img, dst, rng):
         steps.append("mouth")
+    if style.hair > 0 and rng.random() < style.hair:   # no draw when off: older data stay the same
+        info["hair"] = _hair(img, dst, rng, size)
+        steps.append("hair")
     if rng.random() < style.glasses:
         _glasses(img, dst, rng)
         steps.append("glasses")

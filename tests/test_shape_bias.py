@@ -1,0 +1,83 @@
+"""scripts/shape_bias.py: the shared (systematic) part of a model's error, in each face's eye frame."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _train_helpers import REPO
+from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
+from kdlandmark.layouts import get_layout
+
+LAYOUT = get_layout("300w")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("shape_bias", REPO / "scripts" / "shape_bias.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _faces(n: int, seed: int) -> np.ndarray:
+    """``n`` mean faces at random scales, rotations and places, with a little per-point noise."""
+    rng = np.random.default_rng(seed)
+    base = landmarks_3d(build_geometry(FaceShape()), LAYOUT)[:, :2]
+    out = []
+    for _ in range(n):
+        t = rng.uniform(-0.5, 0.5)
+        rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        out.append(base @ rot.T * rng.uniform(40, 120) + rng.uniform(50, 150, 2)
+                   + rng.normal(0, 0.5, base.shape))
+    return np.stack(out)
+
+
+def _write(folder, pred, gt):
+    folder.mkdir()
+    (folder / "predictions.json").write_text(json.dumps({"layout": "300w"}))
+    np.savez(folder / "predictions.npz", **{"all.pred": pred, "all.gt": gt})
+    return folder
+
+
+@settings(max_examples=10, deadline=None)
+@given(dx=st.floats(-0.1, 0.1), dy=st.floats(-0.1, 0.1), squeeze=st.floats(0.3, 0.9))
+def test_a_shared_offset_and_a_squeezed_mouth_are_found(tmp_path_factory, dx, dy, squeeze) -> None:
+    """Predictions = labels moved by the same offset in every face's eye frame, and the inner mouth
+    squeezed vertically: the offset is reported as the shared error, removing it leaves only the
+    squeeze, and the inner mouth's vertical spread is the squeeze factor."""
+    tool = _tool()
+    gt = _faces(12, 0)
+    a, b = LAYOUT.inter_ocular
+    axis = gt[:, b] - gt[:, a]
+    iod = np.linalg.norm(axis, axis=1)[:, None]
+    ux = axis / iod
+    uy = np.stack([-ux[:, 1], ux[:, 0]], axis=1)
+    pred = gt + ((dx * ux + dy * uy) * iod)[:, None, :]
+    inner = list(LAYOUT.groups["mouth_inner"])
+    centre = gt[:, inner].mean(1, keepdims=True)
+    along = np.einsum("fpk,fk->fp", gt[:, inner] - centre, uy)
+    pred[:, inner] -= ((1 - squeeze) * along)[..., None] * uy[:, None, :]
+    lines = tool.shape_bias(_write(tmp_path_factory.mktemp("e") / "eval", pred, gt))
+    row = {ln.split()[0]: ln.split()[1:] for ln in lines[2:-1]}
+    assert float(row["jaw"][2]) == pytest.approx(100 * dx, abs=0.02)      # mean dx of the jaw
+    assert float(row["jaw"][3]) == pytest.approx(100 * dy, abs=0.02)
+    assert float(row["mouth_inner"][5]) == pytest.approx(squeeze, abs=0.02)   # spread y
+    assert float(row["jaw"][5]) == pytest.approx(1.0, abs=1e-3)
+    # the squeeze is the same in every face: removing the shared error removes it too
+    assert float(lines[-1].split(";")[1].split()[5]) <= 0.05       # % of the iod, from the noise only
+
+
+def test_bad_input_names_the_file(tmp_path) -> None:
+    tool = _tool()
+    with pytest.raises(SystemExit, match="predictions.json: missing"):
+        tool.shape_bias(tmp_path)
+    gt = _faces(1, 1)
+    with pytest.raises(SystemExit, match="1 face"):
+        tool.shape_bias(_write(tmp_path / "one", gt, gt))
+    with pytest.raises(SystemExit, match="no .pts files"):
+        tool.label_stats(tmp_path)
