@@ -14,7 +14,6 @@ bridge, its inter-ocular corners).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ if _SRC.is_dir():
 
 import numpy as np  # noqa: E402
 
-from kdlandmark.layouts import get_layout  # noqa: E402
+from kdlandmark.evaluate.evaluator import load_split  # noqa: E402
 
 #: |yaw proxy| above this counts as turned (the nose tip 10 % of the eye span off centre).
 TURNED = 0.1
@@ -33,18 +32,13 @@ TURNED = 0.1
 
 def jaw_side(eval_dir: Path) -> list[str]:
     """The report's lines for the evaluation in ``eval_dir``; SystemExit naming the file on bad input."""
-    meta_path, arrays_path = eval_dir / "predictions.json", eval_dir / "predictions.npz"
-    for f in (meta_path, arrays_path):
-        if not f.is_file():
-            raise SystemExit(f"error: {f}: missing (not a `kdlandmark evaluate` folder)")
-    layout = get_layout(json.loads(meta_path.read_text(encoding="utf-8"))["layout"])
+    try:
+        layout, p, g = load_split(eval_dir)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     jaw = layout.groups.get("jaw", layout.groups.get("contour"))
     if jaw is None or "nose_bridge" not in layout.groups:
-        raise SystemExit(f"error: {meta_path}: layout {layout.name} has no jaw line and nose bridge")
-    with np.load(arrays_path) as z:
-        if "all.pred" not in z or "all.gt" not in z:
-            raise SystemExit(f"error: {arrays_path}: no 'all' split (all.pred, all.gt)")
-        p, g = z["all.pred"], z["all.gt"]
+        raise SystemExit(f"error: {eval_dir}: layout {layout.name} has no jaw line and nose bridge")
     a, b = layout.inter_ocular
     tip = layout.groups["nose_bridge"][-1]
     iod = np.linalg.norm(g[:, b] - g[:, a], axis=1)

@@ -22,7 +22,6 @@ synthetic data and a measurement set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ if _SRC.is_dir():
 import numpy as np  # noqa: E402
 
 from kdlandmark.data.formats._common import read_pts  # noqa: E402
-from kdlandmark.layouts import get_layout  # noqa: E402
+from kdlandmark.evaluate.evaluator import load_split  # noqa: E402
 
 
 def eye_frame(points: np.ndarray, ref: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -50,17 +49,12 @@ def eye_frame(points: np.ndarray, ref: np.ndarray, a: int, b: int) -> np.ndarray
 
 def shape_bias(eval_dir: Path) -> list[str]:
     """The report's lines for the evaluation in ``eval_dir``; SystemExit naming the file on bad input."""
-    meta_path, arrays_path = eval_dir / "predictions.json", eval_dir / "predictions.npz"
-    for f in (meta_path, arrays_path):
-        if not f.is_file():
-            raise SystemExit(f"error: {f}: missing (not a `kdlandmark evaluate` folder)")
-    layout = get_layout(json.loads(meta_path.read_text(encoding="utf-8"))["layout"])
-    with np.load(arrays_path) as z:
-        if "all.pred" not in z or "all.gt" not in z:
-            raise SystemExit(f"error: {arrays_path}: no 'all' split (all.pred, all.gt)")
-        p, g = z["all.pred"].astype(np.float64), z["all.gt"].astype(np.float64)
+    try:
+        layout, p, g = load_split(eval_dir)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if len(g) < 2:
-        raise SystemExit(f"error: {arrays_path}: {len(g)} face(s); the shared error needs at least 2")
+        raise SystemExit(f"error: {eval_dir}: {len(g)} face(s); the shared error needs at least 2")
     a, b = layout.inter_ocular
     err = eye_frame(p - g, g, a, b)                                    # (F, N, 2)
     bias = err.mean(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from _train_helpers import REPO
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
+from kdlandmark.evaluate.evaluator import Predictions, save_predictions
 from kdlandmark.layouts import get_layout
 
 LAYOUT = get_layout("300w")
@@ -37,10 +37,13 @@ def _faces(n: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _write(folder, pred, gt):
-    folder.mkdir()
-    (folder / "predictions.json").write_text(json.dumps({"layout": "300w"}))
-    np.savez(folder / "predictions.npz", **{"all.pred": pred, "all.gt": gt})
+def _write(folder, pred, gt, split: str = "all"):
+    """An evaluation folder as ``kdlandmark evaluate`` writes it, with one split."""
+    n = len(gt)
+    save_predictions(folder, Predictions(
+        "folder", LAYOUT, {split: pred}, {split: gt}, {split: np.tile(np.eye(2, 3), (n, 1, 1))},
+        {split: np.zeros(gt.shape[:2], bool)}, {split: [f"f{i}.jpg" for i in range(n)]},
+        {split: [{} for _ in range(n)]}, {}))
     return folder
 
 
@@ -74,10 +77,13 @@ def test_a_shared_offset_and_a_squeezed_mouth_are_found(tmp_path_factory, dx, dy
 
 def test_bad_input_names_the_file(tmp_path) -> None:
     tool = _tool()
-    with pytest.raises(SystemExit, match="predictions.json: missing"):
+    with pytest.raises(SystemExit, match="predictions.json: not found"):
         tool.shape_bias(tmp_path)
     gt = _faces(1, 1)
     with pytest.raises(SystemExit, match="1 face"):
         tool.shape_bias(_write(tmp_path / "one", gt, gt))
+    gt = _faces(3, 1)
+    with pytest.raises(SystemExit, match="no split 'all'"):
+        tool.shape_bias(_write(tmp_path / "test", gt, gt, split="test"))
     with pytest.raises(SystemExit, match="no .pts files"):
         tool.label_stats(tmp_path)

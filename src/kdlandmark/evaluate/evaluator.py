@@ -53,6 +53,7 @@ __all__ = [
     "measure_latency",
     "evaluate_checkpoint",
     "save_predictions",
+    "load_split",
     "load_predictions",
     "rescore",
     "format_metrics_table",
@@ -298,6 +299,16 @@ def load_predictions(predictions_dir: str | Path) -> Predictions:
     info = {k: v for k, v in meta.items() if k not in ("format", "version", "dataset", "layout", "num_points",
                                                        "coordinates", "splits")}
     return Predictions(meta["dataset"], layout, pred, gt, aff, occ, paths, attrs, info, vis, err)
+
+
+def load_split(predictions_dir: str | Path, split: str = "all") -> tuple[Layout, np.ndarray, np.ndarray]:
+    """The layout, predictions and labels (float64 image pixels) of one split of an evaluation folder;
+    ``ValueError`` naming the folder when the split is missing (or, from :func:`load_predictions`, the
+    file that is missing or incomplete)."""
+    preds = load_predictions(predictions_dir)
+    if split not in preds.pred:
+        raise ValueError(f"{predictions_dir}: no split {split!r} (splits: {preds.splits})")
+    return preds.layout, preds.pred[split].astype(np.float64), preds.gt[split].astype(np.float64)
 
 
 def _score(preds: Predictions, normalisation: str | None, threshold: float, bootstrap: int,
