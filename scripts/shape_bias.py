@@ -14,16 +14,16 @@ to it, downwards; units: % of the inter-ocular distance) and prints, per landmar
 
 then the NME with that shared part taken away (in-sample, and leave-one-out: each face corrected by
 the others' mean only), which bounds what a fixed correction could win.  ``--labels`` folders of
-``.pts`` files (68-point iBUG order) add the shape statistics of their labels (inner-lip gap, brow
-height over the eyes, jaw width; % of the inter-ocular distance), to compare a training pool, its
-synthetic data and a measurement set.
+``.pts`` files (the evaluation's layout) add the shape statistics of their labels, from the layout's
+groups (inner-lip gap, brow height over the eyes, jaw width; % of the inter-ocular distance), to
+compare a training pool, its synthetic data and a measurement set.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from kdlandmark.data.formats._common import read_pts  # noqa: E402
 from kdlandmark.evaluate.evaluator import load_split  # noqa: E402
+from kdlandmark.layouts import Layout  # noqa: E402
 
 
 def eye_frame(points: np.ndarray, ref: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -66,42 +67,52 @@ def shape_bias(eval_dir: Path) -> list[str]:
         nme = np.linalg.norm(err[:, idx], axis=2).mean() * 100
         shared = np.linalg.norm(bias[idx], axis=1).mean() * 100
         dx, dy = bias[idx].mean(0) * 100
-        spread = []
-        for k in range(2):
-            pc = eye_frame(p[:, idx] - p[:, idx].mean(1, keepdims=True), g, a, b)[..., k]
-            gc = eye_frame(g[:, idx] - g[:, idx].mean(1, keepdims=True), g, a, b)[..., k]
-            spread.append(np.abs(pc).sum() / max(np.abs(gc).sum(), 1e-12))
+        pc = np.abs(eye_frame(p[:, idx] - p[:, idx].mean(1, keepdims=True), g, a, b)).sum((0, 1))
+        gc = np.abs(eye_frame(g[:, idx] - g[:, idx].mean(1, keepdims=True), g, a, b)).sum((0, 1))
+        spread = pc / np.maximum(gc, 1e-12)                               # along x, along y
         lines.append(f"{name:14s} {nme:6.2f} {shared:10.2f} {dx:+8.2f} {dy:+8.2f} {spread[0]:9.3f} "
                      f"{spread[1]:9.3f}")
     nme = np.linalg.norm(err, axis=2).mean() * 100
     fixed = np.linalg.norm(err - bias, axis=2).mean() * 100
-    loo = np.mean([np.linalg.norm(err[i] - np.delete(err, i, 0).mean(0), axis=1).mean()
-                   for i in range(len(err))]) * 100
+    others = (err.sum(0) - err) / (len(err) - 1)                      # each face's others' mean
+    loo = np.linalg.norm(err - others, axis=2).mean() * 100
     lines.append(f"NME {nme:.2f}; with the shared error removed {fixed:.2f} (in-sample), {loo:.2f} "
                  "(leave-one-out)")
     return lines
 
 
-#: 68-point statistics: name -> (function of the eye-frame points (F, 68, 2)).
-_STATS = {
-    "inner-lip gap (62-66)": lambda q: q[:, 66, 1] - q[:, 62, 1],
-    "mouth height (51-57)": lambda q: q[:, 57, 1] - q[:, 51, 1],
-    "brow height over the eyes (19, 24)": lambda q: -(q[:, 19, 1] + q[:, 24, 1]) / 2,
-    "jaw width (0-16)": lambda q: q[:, 16, 0] - q[:, 0, 0],
-    "chin below the eyes (8)": lambda q: q[:, 8, 1],
-}
+def _stats(layout: Layout) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Shape statistics from the layout's groups: name -> function of eye-frame points (F, N, 2)."""
+    g = layout.groups
+    try:
+        inner, outer, jaw = g["mouth_inner"], g["mouth_outer"], g["jaw"]
+        brows = (g["brow_left"][len(g["brow_left"]) // 2], g["brow_right"][len(g["brow_right"]) // 2])
+    except KeyError as exc:
+        raise SystemExit(f"error: layout {layout.name} has no group {exc}") from None
+    # the lips' middle points: each lip line runs round from the image-left mouth corner
+    top_in, bottom_in = inner[len(inner) // 4], inner[3 * len(inner) // 4]
+    top_out, bottom_out = outer[len(outer) // 4], outer[3 * len(outer) // 4]
+    return {
+        "inner-lip gap": lambda q: q[:, bottom_in, 1] - q[:, top_in, 1],
+        "mouth height": lambda q: q[:, bottom_out, 1] - q[:, top_out, 1],
+        "brow height over the eyes": lambda q: -(q[:, brows[0], 1] + q[:, brows[1], 1]) / 2,
+        "jaw width": lambda q: q[:, jaw[-1], 0] - q[:, jaw[0], 0],
+        "chin below the eyes": lambda q: q[:, jaw[len(jaw) // 2], 1],
+    }
 
 
-def label_stats(folder: Path) -> list[str]:
-    """Shape statistics of the 68-point ``.pts`` labels under ``folder`` (searched recursively)."""
+def label_stats(folder: Path, layout: Layout) -> list[str]:
+    """Shape statistics of the ``.pts`` labels (``layout``'s points) under ``folder``, searched
+    recursively."""
     files = sorted(folder.rglob("*.pts"))
     if not files:
         raise SystemExit(f"error: {folder}: no .pts files")
-    pts = np.stack([read_pts(f, 68) for f in files])
-    centre = pts[:, [36, 45]].mean(1, keepdims=True)
-    q = eye_frame(pts - centre, pts, 36, 45) * 100
+    stats = _stats(layout)
+    pts = np.stack([read_pts(f, layout.num_points) for f in files])
+    a, b = layout.inter_ocular
+    q = eye_frame(pts - pts[:, [a, b]].mean(1, keepdims=True), pts, a, b) * 100
     out = [f"{folder} ({len(files)} faces)"]
-    out += [f"  {name:36s} {fn(q).mean():7.2f} +- {fn(q).std():5.2f}" for name, fn in _STATS.items()]
+    out += [f"  {name:26s} {fn(q).mean():7.2f} +- {fn(q).std():5.2f}" for name, fn in stats.items()]
     return out
 
 
@@ -109,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir", type=Path, help="a `kdlandmark evaluate` output folder")
     parser.add_argument("--labels", type=Path, nargs="*", default=[],
-                        help="folders of 68-point .pts labels whose shape statistics to print")
+                        help="folders of .pts labels (the evaluation's layout) to print shape statistics of")
     args = parser.parse_args(argv)
     print("\n".join(shape_bias(args.eval_dir)))
+    layout = load_split(args.eval_dir)[0]
     for folder in args.labels:
-        print("\n".join(label_stats(folder)))
+        print("\n".join(label_stats(folder, layout)))
     return 0
 
 

@@ -75,6 +75,34 @@ def test_a_shared_offset_and_a_squeezed_mouth_are_found(tmp_path_factory, dx, dy
     assert float(lines[-1].split(";")[1].split()[5]) <= 0.05       # % of the iod, from the noise only
 
 
+def test_label_statistics_follow_the_face_models_mouth_and_brows(tmp_path) -> None:
+    """Label folders of the face model's mean face, closed and with the mouth opened and the brows
+    raised: the statistics read the layout's groups, so they see the neutral mouth closed, the opened
+    one open by the model's own gap, and the raised brows higher."""
+    import dataclasses
+
+    tool = _tool()
+    sizes = {}
+    for name, shape in (("neutral", FaceShape()), ("open", dataclasses.replace(FaceShape(), open=0.6,
+                                                                                   brow_raise=1.0))):
+        folder = tmp_path / name
+        folder.mkdir()
+        lm = landmarks_3d(build_geometry(shape), LAYOUT)[:, :2] * 50 + 100
+        for i in range(3):
+            lines = "".join(f"{x + 1:.4f} {y + 1:.4f}\n" for x, y in lm + i)
+            (folder / f"f{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{lines}}}\n")
+        out = tool.label_stats(folder, LAYOUT)
+        sizes[name] = {ln[:28].strip(): float(ln[28:].split()[0]) for ln in out[1:]}
+        a, b = LAYOUT.inter_ocular
+        iod = np.linalg.norm(lm[b] - lm[a])
+        gap = 100 * (lm[66, 1] - lm[62, 1]) / iod                # this layout's inner-lip middle points
+        assert sizes[name]["inner-lip gap"] == pytest.approx(gap, abs=0.01)
+    assert sizes["neutral"]["inner-lip gap"] == pytest.approx(0.0, abs=0.01)
+    assert sizes["open"]["inner-lip gap"] > 10.0
+    assert sizes["open"]["brow height over the eyes"] > sizes["neutral"]["brow height over the eyes"] + 5
+    assert sizes["open"]["jaw width"] == pytest.approx(sizes["neutral"]["jaw width"], abs=0.01)
+
+
 def test_bad_input_names_the_file(tmp_path) -> None:
     tool = _tool()
     with pytest.raises(SystemExit, match="predictions.json: not found"):
@@ -86,4 +114,4 @@ def test_bad_input_names_the_file(tmp_path) -> None:
     with pytest.raises(SystemExit, match="no split 'all'"):
         tool.shape_bias(_write(tmp_path / "test", gt, gt, split="test"))
     with pytest.raises(SystemExit, match="no .pts files"):
-        tool.label_stats(tmp_path)
+        tool.label_stats(tmp_path, LAYOUT)
