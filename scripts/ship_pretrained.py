@@ -51,8 +51,9 @@ def card(run: Path) -> dict:
 def real_face_figures(dest: Path, faces: Path, photos: Path) -> dict:
     """The shipped files measured as tests/test_realfaces.py measures them: NME and failure rate on the
     development faces from their true boxes (PyTorch checkpoint, ``evaluate --dataset folder``), and
-    the whole photographs end to end with the default detector (ONNX Runtime, one thread); once as the
-    model runs by default and once with flip averaging (``"flip"``: ``Landmarker(flip=True)``)."""
+    the whole photographs end to end with the default detector (ONNX Runtime, one thread); once in
+    one pass (``flip=False``) and once with flip averaging (``"flip"``: ``Landmarker(flip=True)``,
+    the shipped model's default since 2026-12-01)."""
     import tempfile
 
     from kdlandmark.evaluate.evaluator import evaluate_checkpoint

@@ -592,3 +592,22 @@ def test_pretrained_names_and_a_missing_shipped_model_are_clear_errors(monkeypat
     monkeypatch.setitem(landmarker_mod.PRETRAINED, "gone", "no-such-folder")
     with pytest.raises(CheckpointError, match="no-such-folder.*missing from this install"):
         Landmarker.from_pretrained("gone")
+
+
+def test_the_shipped_model_flip_averages_by_default_and_others_do_not(checkpoint):
+    """``from_pretrained()`` and ``predict`` without ``--model`` flip-average (the shipped model's measured
+    gain on real faces); a user's checkpoint runs one pass unless asked; ``--no-flip`` turns it off."""
+    from kdlandmark.infer.predict import build_landmarker
+
+    assert Landmarker.from_pretrained(detector=None).flip is True
+    assert Landmarker.from_pretrained(detector=None, flip=False).flip is False
+    assert build_landmarker(None, detector=None, flip=None).flip is True
+    assert build_landmarker(None, detector=None, flip=False).flip is False
+    assert build_landmarker(checkpoint, detector=None, flip=None).flip is False
+    assert build_landmarker(checkpoint, detector=None, flip=True).flip is True
+    from kdlandmark.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["predict", "x.jpg", "--out", "o"]).flip is None
+    assert parse(["predict", "x.jpg", "--out", "o", "--no-flip"]).flip is False
+    assert parse(["predict", "x.jpg", "--out", "o", "--flip"]).flip is True

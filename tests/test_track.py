@@ -134,7 +134,7 @@ class FakeLandmarker:
         side = box[2] - box[0]
         return [(tuple(box + self.rng.normal(0, self.jitter, 4) * side), 0.9)]
 
-    def faces_in_boxes(self, frame, boxes, scores=None, snap=False):
+    def faces_in_boxes(self, frame, boxes, scores=None, snap=False, flip=False):
         out = []
         for k, b in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
             lm = self.truth[self.t]
@@ -294,3 +294,30 @@ def test_landmarker_track_yields_faces_per_frame_then_names_a_bad_frame(landmark
 
     side = square_box(landmark_box(_truth(1)[0]), 0.15)[2]     # the crop's side in image pixels
     np.testing.assert_allclose(face.error, 0.01 * side, rtol=1e-5)   # model units -> image pixels
+
+
+class CountingShapeRunner(ShapeRunner):
+    """:class:`ShapeRunner` that records how many crops each model call was given."""
+
+    def __init__(self, coords):
+        super().__init__(coords)
+        self.batches: list[int] = []
+
+    def __call__(self, x):
+        self.batches.append(len(x))
+        return super().__call__(x)
+
+
+def test_tracking_runs_one_pass_per_frame_unless_told_to_flip(landmarker):
+    """A landmarker that flip-averages (the shipped model's default) still costs one model pass per tracked
+    frame; ``FaceTracker(flip=True)`` asks for the two."""
+    frames = [np.random.default_rng(i).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for i in range(3)]
+    for flip, per_face in ((False, 1), (True, 2)):
+        runner = CountingShapeRunner(landmarker.runner.coords)
+        lmk = Landmarker(runner, landmarker.meta, detector=landmarker._detector_spec, flip=True)
+        tracker = FaceTracker(lmk, scene_cut=0, flip=flip)
+        faces = [tracker.update(f) for f in frames]
+        assert all(len(f) == 1 for f in faces)
+        assert runner.batches == [per_face] * len(frames), (flip, runner.batches)
+    assert lmk.landmarks_in_boxes(frames[0], [(10, 10, 50, 50)]).shape == (1, COFW.num_points, 2)
+    assert runner.batches[-1] == 2                             # the landmarker's own calls still flip

@@ -92,7 +92,7 @@ class ClipLandmarker:
     def frame_index(self, frame):
         return self.index[id(frame)]
 
-    def faces_in_boxes(self, frame, boxes, scores=None, snap=False):
+    def faces_in_boxes(self, frame, boxes, scores=None, snap=False, flip=False):
         lm = self.truth[self.frame_index(frame)]
         out = []
         for b in np.asarray(boxes, float).reshape(-1, 4):

@@ -225,9 +225,10 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
                         "truth-jitter (default: the true landmark box with 3 %% edge jitter per frame, a "
                         "simulated detector) or a detector name (auto, mtcnn, haar)")
     p.add_argument("--refine", type=_non_negative_int, default=0, help="with --photos: refine passes")
-    p.add_argument("--flip", action="store_true",
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip averaging: each face also runs mirrored and the two answers are averaged "
-                        "(twice the model's work)")
+                        "(twice the model's work; default: off, except --photos with the shipped model, "
+                        "which uses predict's default)")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="benchmark protocol (default: the prepared set's dataset)")
     p.add_argument("--root", type=Path, default=None,
@@ -317,7 +318,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     result = ev.evaluate_checkpoint(a.model, a.root, dataset=a.dataset, out_dir=out_dir,
                                     normalisation=a.normalisation, threshold=a.threshold, splits=a.splits,
                                     bootstrap=a.bootstrap, name=a.name, batch=a.batch, device=a.device,
-                                    latency_runs=a.latency_runs, cache_dir=a.cache, flip=a.flip)
+                                    latency_runs=a.latency_runs, cache_dir=a.cache, flip=bool(a.flip))
     print(ev.format_metrics_table(result))
     print(f"metrics: {out_dir / ev.METRICS_JSON}\npredictions: {out_dir / ev.PREDICTIONS_NPZ}")
     return 0
@@ -337,7 +338,7 @@ def _run_evaluate_photos(a: argparse.Namespace) -> int:
     print(format_photo_benchmark(result, model=lmk.source))
     if a.out is not None:
         write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": detector,
-                                                          "refine": a.refine, "flip": a.flip, **result})
+                                                          "refine": a.refine, "flip": lmk.flip, **result})
         print(f"figures: {Path(a.out) / 'photos.json'}")
     return 0
 
@@ -389,9 +390,11 @@ def _cmd_predict(sub: argparse._SubParsersAction) -> None:
                         "full: each image is one pre-cropped face")
     p.add_argument("--refine", type=_non_negative_int, default=0,
                    help="extra passes, each cropping around the landmarks the last one found (default: 0)")
-    p.add_argument("--flip", action="store_true",
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip averaging: each face also runs mirrored and the two answers are averaged "
-                        "(twice the model's work; lower error on real faces, docs/MODEL_CARD.md)")
+                        "(twice the model's work; lower error on real faces, docs/MODEL_CARD.md). Default: "
+                        "on for the shipped model, off with --model; video tracking (--smooth) runs one "
+                        "pass per frame unless --flip is given")
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
     p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")

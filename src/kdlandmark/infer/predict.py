@@ -217,7 +217,7 @@ def _process_video(lmk: Any, src: Path, out: Path, stem: Path, args: argparse.Na
         from kdlandmark.infer.track import FaceTracker
 
         tracker = FaceTracker(lmk, fps=fps, min_cutoff=args.min_cutoff, beta=args.beta,
-                              redetect_every=args.redetect_every)
+                              redetect_every=args.redetect_every, flip=bool(getattr(args, "flip", None)))
         extra = {"mode": "tracking + One Euro smoothing",
                  "one_euro": {"min_cutoff": args.min_cutoff, "beta": args.beta}}
     try:
@@ -355,8 +355,12 @@ def read_boxes_table(path: Path) -> dict[str, list]:
 def build_landmarker(model: str | Path | None, *, backend: str | None = None, **kwargs: Any) -> Any:
     """A :class:`~kdlandmark.infer.landmarker.Landmarker` for the command line: the shipped model when
     ``model`` is None (ONNX Runtime unless ``backend`` says otherwise), else the checkpoint or ``.onnx``
-    file (backend by its suffix unless given); ``kwargs`` as ``Landmarker.from_checkpoint``."""
+    file (backend by its suffix unless given); ``kwargs`` as ``Landmarker.from_checkpoint``, where
+    ``flip=None`` means the model's default (on for the shipped model, off for others)."""
     from kdlandmark.infer.landmarker import Landmarker
+
+    if kwargs.get("flip", False) is None:
+        del kwargs["flip"]
 
     if model is None:
         return Landmarker.from_pretrained(backend=backend or "onnx", **kwargs)
@@ -378,7 +382,7 @@ def predict_main(args: argparse.Namespace) -> int:
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
     lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
                            batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
-                           refine=args.refine, flip=getattr(args, "flip", False))
+                           refine=args.refine, flip=getattr(args, "flip", None))
     if getattr(args, "confidence", False):
         lmk.require_heads()                 # a CheckpointError: one clear error line, exit status 2
     try:

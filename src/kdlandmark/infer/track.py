@@ -199,13 +199,16 @@ class FaceTracker:
         snap: cut crops snapped to whole pixels with one resize (``Landmarker.landmarks_in_boxes(...,
             snap=True)``: the crop moves by at most half a pixel, is mapped back exactly, and costs less
             than a warp); False: the warp of frame-by-frame inference.
+        flip: flip averaging on every frame (twice the model's work per frame); off by default whatever
+            the landmarker's own ``flip``: tracking is one model pass per frame, and the filter, not a
+            second pass, is what steadies the landmarks.
     """
 
     def __init__(self, landmarker: Any, *, smooth: bool = True, min_cutoff: float = DEFAULT_MIN_CUTOFF,
                  beta: float = DEFAULT_BETA, d_cutoff: float = DEFAULT_D_CUTOFF, fps: float = 25.0,
                  redetect_every: int = 0, max_faces: int | None = None, scene_cut: float = DEFAULT_SCENE_CUT,
                  min_inside: float = 0.5, max_jump: float = 0.5, max_error: float = 0.15,
-                 crop_from: str = DEFAULT_CROP_FROM, snap: bool = True) -> None:
+                 crop_from: str = DEFAULT_CROP_FROM, snap: bool = True, flip: bool = False) -> None:
         OneEuroFilter(min_cutoff, beta, d_cutoff)               # checks the parameters now
         if not fps > 0 or redetect_every < 0 or scene_cut < 0 or not 0 <= min_inside <= 1 or not max_jump > 0:
             raise ValueError(f"bad tracker settings: fps {fps}, redetect_every {redetect_every}, scene_cut "
@@ -224,6 +227,7 @@ class FaceTracker:
         self.max_error = float(max_error)
         self.crop_from = crop_from
         self.snap = bool(snap)
+        self.flip = bool(flip)
         self.tracks: list[_Track] = []
         self.events: list[TrackEvent] = []
         self.frame_index = 0
@@ -315,7 +319,7 @@ class FaceTracker:
             self.tracks, why = [], "cut"
         if self.tracks:
             faces = self.landmarker.faces_in_boxes(frame, np.stack([tr.box for tr in self.tracks]),
-                                                   snap=self.snap)
+                                                   snap=self.snap, flip=self.flip)
             kept = []
             for tr, face in zip(self.tracks, faces, strict=True):
                 box = _points_box(face.landmarks)
@@ -342,7 +346,7 @@ class FaceTracker:
             fresh = fresh[:room] if room is not None else fresh
             if fresh:
                 faces = self.landmarker.faces_in_boxes(frame, np.stack([b for b, _ in fresh]),
-                                                       [s for _, s in fresh], snap=self.snap)
+                                                       [s for _, s in fresh], snap=self.snap, flip=self.flip)
                 for (b, s), face in zip(fresh, faces, strict=True):
                     box = _points_box(face.landmarks)
                     reason = self._lost(face, None, box)
