@@ -48,6 +48,13 @@ def test_building_the_parser_imports_neither_torch_nor_numpy() -> None:
 
 
 def test_the_parser_choices_are_the_library_names() -> None:
+    from kdlandmark.cli import UPRIGHT_DEG
+    from kdlandmark.infer.landmarker import DEFAULT_UPRIGHT_DEG
+
+    assert UPRIGHT_DEG == DEFAULT_UPRIGHT_DEG
+    assert build_parser().parse_args(["predict", "x.jpg", "--out", "o"]).upright == DEFAULT_UPRIGHT_DEG
+    assert build_parser().parse_args(["predict", "x.jpg", "--out", "o", "--no-upright"]).upright is None
+    assert build_parser().parse_args(["predict", "x.jpg", "--out", "o", "--upright", "25"]).upright == 25.0
     assert DATASETS == tuple(protocols.SUBSETS)
     assert NORMALISATIONS == protocols.NORMALISATIONS
     assert ROLES == config.ROLES and FORMATS == SYNTH_FORMATS

@@ -79,8 +79,8 @@ def test_a_graph_that_lost_a_head_output_is_refused(checkpoint, exported, tmp_pa
 
 
 def test_landmarker_reports_visibility_and_error_in_pixels_for_both_backends(checkpoint, exported, faces):
-    torch_lmk = Landmarker.from_checkpoint(checkpoint, detector=None)
-    onnx_lmk = Landmarker.from_checkpoint(exported["onnx"], backend="onnx", detector=None)
+    torch_lmk = Landmarker.from_checkpoint(checkpoint, detector=None, upright=None)
+    onnx_lmk = Landmarker.from_checkpoint(exported["onnx"], backend="onnx", detector=None, upright=None)
     assert torch_lmk.heads == ("visibility", "error")
     for img, lm in faces:
         box = landmark_box(lm)
@@ -113,7 +113,7 @@ def test_a_plain_model_gives_no_confidence_and_says_so_when_asked(tmp_path, face
 
 
 def test_refine_passes_report_the_confidence_of_the_last_pass(checkpoint, faces):
-    lmk = Landmarker.from_checkpoint(checkpoint, detector=None, refine=1)
+    lmk = Landmarker.from_checkpoint(checkpoint, detector=None, refine=1, upright=None)
     img, lm = faces[0]
     face = lmk(img, boxes=[landmark_box(lm)])[0]
     # the second pass crops around the first pass's landmarks: its box, landmarks and heads are reported
@@ -124,6 +124,24 @@ def test_refine_passes_report_the_confidence_of_the_last_pass(checkpoint, faces)
     np.testing.assert_allclose(face.landmarks, again[0], atol=1e-4)
     np.testing.assert_allclose(face.visibility, heads["visibility"][0], atol=1e-6)
     np.testing.assert_allclose(face.error, heads["error"][0], rtol=1e-6)
+
+
+def test_upright_passes_report_the_confidence_of_the_last_pass(checkpoint, faces):
+    """Each upright pass crops the face turned level about the last landmarks; the last pass's landmarks
+    and confidence outputs (error in image pixels of the rotated crop) are reported."""
+    from kdlandmark.data.crop import upright_crop_affine
+    from kdlandmark.infer.landmarker import UPRIGHT_PASSES
+
+    lmk = Landmarker.from_checkpoint(checkpoint, detector=None, upright=0.0)   # any tilt: every pass runs
+    img, lm = faces[0]
+    face = lmk(img, boxes=[landmark_box(lm)])[0]
+    pts = lmk.landmarks_in_boxes(img, [landmark_box(lm)])
+    for _ in range(UPRIGHT_PASSES):
+        crop = upright_crop_affine(pts[0], float(LAYOUT.roll(pts[0])), lmk.input_size, lmk.margin)
+        pts = lmk.landmarks_in_crops(img, [crop], heads=(heads := {}))
+    np.testing.assert_allclose(face.landmarks, pts[0], atol=1e-4)
+    np.testing.assert_allclose(face.visibility, heads["visibility"][0], atol=1e-6)
+    np.testing.assert_allclose(face.error, heads["error"][0], rtol=1e-5)
 
 
 def test_flip_averaging_averages_the_confidence_outputs_point_by_point(checkpoint, faces):

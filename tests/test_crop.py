@@ -13,6 +13,7 @@ from kdlandmark.data.crop import (
     model_to_image_affine,
     square_box,
     to_model_coords,
+    upright_crop_affine,
 )
 
 boxes = st.tuples(st.floats(-50, 500), st.floats(-50, 500), st.floats(5, 400), st.floats(5, 400)).map(
@@ -64,3 +65,20 @@ def test_landmark_box_of_integer_and_float32_points_is_exact() -> None:
     pts = np.array([[3, 9], [7, -2], [5, 4]])
     assert landmark_box(pts) == (3.0, -2.0, 7.0, 9.0)
     assert landmark_box(pts.astype(np.float32) + np.float32(0.25)) == (3.25, -1.75, 7.25, 9.25)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), angle=st.floats(-3.1, 3.1), size=st.integers(16, 256),
+       margin=st.floats(0.0, 0.5), centre=st.tuples(st.floats(-200, 800), st.floats(-200, 800)))
+def test_upright_crop_of_a_turned_face_is_the_crop_of_the_face_before_it_turned(seed, angle, size, margin,
+                                                                                centre) -> None:
+    """Points turned by ``angle`` about any centre land, through ``upright_crop_affine(turned, angle)``,
+    exactly where ``crop_affine`` of their landmark box puts the points before they turned; with angle 0
+    the two crops are the same."""
+    pts = np.random.default_rng(seed).uniform(0, 300, (9, 2))
+    c, s = np.cos(angle), np.sin(angle)
+    turned = (pts - centre) @ np.array([[c, -s], [s, c]]).T + centre
+    upright = upright_crop_affine(turned, angle, size, margin)
+    plain = crop_affine(landmark_box(pts), size, margin)
+    np.testing.assert_allclose(apply_affine(upright, turned), apply_affine(plain, pts), atol=1e-6)
+    np.testing.assert_allclose(upright_crop_affine(pts, 0.0, size, margin), plain, atol=1e-9)

@@ -310,7 +310,9 @@ def test_given_boxes_skip_detection_and_bad_boxes_are_refused(face):
 def test_batches_of_images_and_faces_match_single_calls(checkpoint, face):
     img, lm = face
     box = landmark_box(lm)
-    lmk = Landmarker.from_checkpoint(checkpoint, detector="full", batch_size=2)
+    # one pass per face: an untrained model's upright pass would amplify the last-bit differences of
+    # batches of other sizes through the tilt it estimates
+    lmk = Landmarker.from_checkpoint(checkpoint, detector="full", batch_size=2, upright=None)
     other = np.ascontiguousarray(img[::-1])
     many = lmk.predict([img, other, img], boxes=[[box, (10, 10, 90, 100), box], [], None])
     assert [len(r) for r in many] == [3, 0, 1]
@@ -520,7 +522,7 @@ def test_predict_flip_writes_the_average_of_the_face_and_its_mirror(tmp_path, ch
     for flag in ([], ["--flip"]):
         out = tmp_path / f"out{len(flag)}"
         assert _predict([str(tmp_path / "x.png"), "--model", str(checkpoint), "--out", str(out), "--boxes",
-                         str(boxes), "--detector", "none", "--json-only", *flag]) == 0
+                         str(boxes), "--detector", "none", "--json-only", "--no-upright", *flag]) == 0
         got[bool(flag)] = np.array(json.loads((out / "x.json").read_text())["faces"][0]["landmarks"])
     box = [landmark_box(lm)]
     one = Landmarker.from_checkpoint(checkpoint, detector=None).landmarks_in_boxes(img, box)[0]
@@ -568,9 +570,9 @@ def test_refine_crops_again_around_the_landmarks_of_the_previous_pass(face):
     img, _ = face
     rng = np.random.default_rng(3)
     coords = rng.uniform(-0.3, 0.25, (LAYOUT.num_points, 2)).astype(np.float32)
-    plain = Landmarker(FixedRunner(coords), _META, detector=None)
+    plain = Landmarker(FixedRunner(coords), _META, detector=None, upright=None)
     runner = FixedRunner(coords)
-    refined = Landmarker(runner, _META, detector=None, refine=2)
+    refined = Landmarker(runner, _META, detector=None, refine=2, upright=None)
     box = (10.0, 20.0, 90.0, 100.0)
     first = plain(img, boxes=[box])[0].landmarks
     second = plain(img, boxes=[landmark_box(first)])[0].landmarks
@@ -611,3 +613,51 @@ def test_the_shipped_model_flip_averages_by_default_and_others_do_not(checkpoint
     assert parse(["predict", "x.jpg", "--out", "o"]).flip is None
     assert parse(["predict", "x.jpg", "--out", "o", "--no-flip"]).flip is False
     assert parse(["predict", "x.jpg", "--out", "o", "--flip"]).flip is True
+
+
+class RampRunner:
+    """A 'model' that reads the direction of the grey ramp in its crop (the image's "eye line") and answers
+    a fixed upright face shape turned that way about the crop centre; records each call's ramp angle."""
+
+    def __init__(self, shape: np.ndarray) -> None:
+        self.shape = np.asarray(shape, np.float64)
+        self.angles: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        g = x[:, 0, 8:-8, 8:-8]                                       # away from any border
+        beta = np.arctan2(np.diff(g, axis=1).mean((1, 2)), np.diff(g, axis=2).mean((1, 2)))
+        self.angles.append(np.degrees(beta))
+        c, s = np.cos(beta), np.sin(beta)
+        rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)        # (B, 2, 2)
+        return np.einsum("bij,nj->bni", rot, self.shape).astype(np.float32)
+
+
+def _roll_deg(points: np.ndarray) -> float:
+    return float(np.degrees(LAYOUT.roll(points)))
+
+
+@pytest.mark.parametrize("tilt", [4.0, 25.0, -40.0])
+def test_a_tilted_face_runs_again_from_an_upright_crop(face, tilt):
+    """A face whose eye line the first pass finds tilted by more than ``upright`` degrees runs again from a
+    crop turned upright (the second crop sees its "eye line" level) and keeps the answer mapped back
+    through that rotated crop; a face tilted less runs once; ``upright=None`` never runs again."""
+    _, lm = face
+    centred = lm - lm.mean(axis=0)
+    a = -np.radians(_roll_deg(lm))                                 # the synthetic face made level
+    level = centred @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]).T
+    shape = level / (np.ptp(level, axis=0).max() * (1 + 2 * MARGIN))     # model coordinates, upright
+    yy, xx = np.mgrid[0:400, 0:400].astype(np.float64)
+    t = np.radians(tilt)
+    image = np.clip(128 + 0.25 * ((xx - 200) * np.cos(t) + (yy - 200) * np.sin(t)), 0, 255).astype(np.uint8)
+    image = np.repeat(image[..., None], 3, axis=2)
+    box = (150.0, 150.0, 250.0, 250.0)
+    for upright, passes in ((10.0, 1 if abs(tilt) < 10 else 2), (None, 1)):
+        runner = RampRunner(shape)
+        got = Landmarker(runner, _META, detector=None, upright=upright)(image, [box])[0]
+        assert len(runner.angles) == passes, (upright, [float(v[0]) for v in runner.angles])
+        assert runner.angles[0][0] == pytest.approx(tilt, abs=1.0)            # the first crop: axis-aligned
+        if passes == 2:
+            assert abs(runner.angles[1][0]) < 1.0                               # the second: turned upright
+        assert _roll_deg(got.landmarks) == pytest.approx(tilt, abs=1.0)        # either way, mapped back right
+    with pytest.raises(ValueError, match="upright"):
+        Landmarker(runner, _META, detector=None, upright=-5)

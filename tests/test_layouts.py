@@ -108,3 +108,21 @@ def test_flip_averaging_keeps_an_equivariant_answer_and_cancels_a_sideways_bias(
     np.testing.assert_allclose(out, coords, atol=1e-12)
     with pytest.raises(ValueError, match="even batch"):
         lay.average_with_mirror(coords)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(sorted(LAYOUTS)), seed=st.integers(0, 10_000), angle=st.floats(-3.0, 3.0))
+def test_roll_is_the_eye_line_angle_and_turns_with_the_face(name: str, seed: int, angle: float) -> None:
+    """Turning a face by ``angle`` adds ``angle`` to its roll (wrapped); a face with the image-left eye
+    centre left of the other on one row has roll 0, and its mirror image too."""
+    layout = get_layout(name)
+    pts = np.random.default_rng(seed).uniform(0, 100, (layout.num_points, 2))
+    c, s = np.cos(angle), np.sin(angle)
+    turned = pts @ np.array([[c, -s], [s, c]]).T
+    diff = np.angle(np.exp(1j * (layout.roll(turned) - layout.roll(pts) - angle)))
+    assert abs(diff) < 1e-9
+    level = pts.copy()
+    for side, x in zip(layout.pupils, (20.0, 80.0), strict=True):
+        level[list(side)] = [x, 50.0]
+    assert layout.roll(level) == pytest.approx(0.0)
+    assert layout.roll(layout.mirror(level, 100)) == pytest.approx(0.0)

@@ -44,6 +44,27 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _upright_angle(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 180:
+        raise argparse.ArgumentTypeError(f"must be an angle in [0, 180) degrees, got {value}")
+    return value
+
+
+#: ``Landmarker``'s ``DEFAULT_UPRIGHT_DEG``, written here so that building the parser imports no OpenCV
+#: (tests/test_cli.py checks that the two agree).
+UPRIGHT_DEG = 10.0
+
+
+def _add_upright(p: argparse.ArgumentParser) -> None:
+    """``--upright DEG`` / ``--no-upright`` (dest ``upright``; default: the Landmarker's)."""
+    p.add_argument("--upright", type=_upright_angle, default=UPRIGHT_DEG, metavar="DEG",
+                   help="a face whose eye line is tilted by more than DEG degrees runs again from a crop "
+                        f"turned upright (default: {UPRIGHT_DEG:g}; docs/INFERENCE.md)")
+    p.add_argument("--no-upright", dest="upright", action="store_const", const=None,
+                   help="never run a tilted face again (one pass per face, or two with flip averaging)")
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -225,6 +246,7 @@ def _cmd_evaluate(sub: argparse._SubParsersAction) -> None:
                         "truth-jitter (default: the true landmark box with 3 %% edge jitter per frame, a "
                         "simulated detector) or a detector name (auto, mtcnn, haar)")
     p.add_argument("--refine", type=_non_negative_int, default=0, help="with --photos: refine passes")
+    _add_upright(p)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip averaging: each face also runs mirrored and the two answers are averaged "
                         "(twice the model's work; default: off, except --photos with the shipped model, "
@@ -333,12 +355,13 @@ def _run_evaluate_photos(a: argparse.Namespace) -> int:
         raise UserError("--photos takes a model (or none: the shipped one), not --rescore")
     detector = a.detector or "auto"
     lmk = build_landmarker(a.model, device=a.device or "cpu", detector=detector, refine=a.refine,
-                           batch_size=a.batch, flip=a.flip)
+                           batch_size=a.batch, flip=a.flip, upright=a.upright)
     result = photo_benchmark(lmk, a.photos)
     print(format_photo_benchmark(result, model=lmk.source))
     if a.out is not None:
         write_json_atomic(Path(a.out) / "photos.json", {"model": lmk.source, "detector": detector,
-                                                          "refine": a.refine, "flip": lmk.flip, **result})
+                                                          "refine": a.refine, "flip": lmk.flip,
+                                                          "upright": lmk.upright, **result})
         print(f"figures: {Path(a.out) / 'photos.json'}")
     return 0
 
@@ -395,6 +418,7 @@ def _cmd_predict(sub: argparse._SubParsersAction) -> None:
                         "(twice the model's work; lower error on real faces, docs/MODEL_CARD.md). Default: "
                         "on for the shipped model, off with --model; video tracking (--smooth) runs one "
                         "pass per frame unless --flip is given")
+    _add_upright(p)
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON {image name: [[x0, y0, x1, y1], ...]} of face boxes (skips detection)")
     p.add_argument("--min-score", type=float, default=None, help="drop detections scoring below this")

@@ -107,6 +107,12 @@ class Layout:
         lm = np.asarray(landmarks)
         return np.stack([lm[..., list(p), :].mean(axis=-2) for p in self.pupils], axis=-2)
 
+    def roll(self, landmarks: np.ndarray) -> np.ndarray:
+        """``(...)`` angle of the eye line (image-left to image-right eye centre) from image x towards
+        image y, radians: a face's in-plane tilt."""
+        d = np.diff(self.eye_centres(landmarks), axis=-2)[..., 0, :]
+        return np.arctan2(d[..., 1], d[..., 0])
+
     def normaliser(self, landmarks: np.ndarray, kind: str = "inter-ocular") -> np.ndarray:
         """Per-face normalising distance for NME: ``inter-ocular``, ``inter-pupil`` or ``box``."""
         lm = np.asarray(landmarks, dtype=np.float64)

@@ -17,6 +17,7 @@ __all__ = [
     "landmark_box",
     "square_box",
     "crop_affine",
+    "upright_crop_affine",
     "invert_affine",
     "apply_affine",
     "to_model_coords",
@@ -59,6 +60,23 @@ def crop_affine(box: tuple[float, float, float, float] | np.ndarray, size: int,
     s = size / side
     c = (size - 1) / 2.0
     return np.array([[s, 0.0, c - s * cx], [0.0, s, c - s * cy]], dtype=np.float64)
+
+
+def upright_crop_affine(landmarks: np.ndarray, angle: float, size: int, margin: float = DEFAULT_MARGIN
+                        ) -> np.ndarray:
+    """2x3 float64 affine cutting the crop of :func:`crop_affine` from a face turned upright: the image
+    is rotated by ``-angle`` (radians; the angle of the face's eye line, image x towards image y) about
+    the landmarks, and the landmark box of the rotated points, squared with ``margin``, maps to the
+    ``size`` x ``size`` crop.  With ``angle = 0`` it equals ``crop_affine(landmark_box(landmarks))``."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    c, s_ = float(np.cos(angle)), float(np.sin(angle))
+    rot = np.array([[c, s_], [-s_, c]])                            # rotation by -angle
+    q = lm @ rot.T                                                 # the points turned upright
+    cx, cy, side = square_box(landmark_box(q), margin)
+    k = size / side
+    centre = (size - 1) / 2.0
+    lin = k * rot
+    return np.concatenate([lin, (centre - k * np.array([cx, cy]))[:, None]], axis=1)
 
 
 def invert_affine(affine: np.ndarray) -> np.ndarray:

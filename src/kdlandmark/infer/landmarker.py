@@ -20,7 +20,9 @@ Steps, each the project's one shared implementation:
    (crops that shrink the face below half size are area-reduced first, as prepare does);
 3. normalise: BGR -> RGB and ``/ 255`` into a pre-allocated float32 buffer (mean/std is inside the model);
 4. model: PyTorch (eager or ``torch.compile``) or ONNX Runtime, faces of all images batched together;
-5. map back: ``model_to_image_affine`` (``from_model_coords`` then the inverse crop affine, folded).
+5. map back: ``model_to_image_affine`` (``from_model_coords`` then the inverse crop affine, folded);
+6. tilted heads: a face whose eye line is tilted by more than ``upright`` degrees runs again from a crop
+   turned upright about its landmarks (``upright_crop_affine``), at most ``UPRIGHT_PASSES`` times.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kdlandmark.data.crop import crop_affine, model_to_image_affine
+from kdlandmark.data.crop import crop_affine, model_to_image_affine, upright_crop_affine
 from kdlandmark.infer.detect import Box, DetectorFn, check_detections, make_detector
 from kdlandmark.infer.export import INPUT_NAME, build_onnx, load_onnx, onnx_session
 from kdlandmark.layouts import Layout
@@ -43,13 +45,19 @@ from kdlandmark.modelfile.meta import ModelMeta
 PRETRAINED = {"68": "kdlandmark-68"}
 
 __all__ = ["FaceLandmarks", "Landmarker", "TorchRunner", "OnnxRunner", "to_bgr", "ImageLike", "PRETRAINED",
-           "pretrained_dir"]
+           "pretrained_dir", "DEFAULT_UPRIGHT_DEG"]
 
 ImageLike = Any  # str | Path | np.ndarray (BGR) | PIL.Image.Image (RGB)
 BoxesLike = Any  # (F, 4) array-like of boxes, or a sequence of ((x0, y0, x1, y1), score)
 
 #: Crops that shrink the image below this scale are area-reduced before the bilinear warp (anti-aliasing).
 ANTIALIAS_BELOW = 0.5
+
+#: Faces whose eye line the first pass finds tilted by more than this (degrees) run again from an upright
+#: crop (``Landmarker(upright=...)``; docs/INFERENCE.md, "Tilted heads").
+DEFAULT_UPRIGHT_DEG = 10.0
+#: At most this many upright passes per face.
+UPRIGHT_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,9 @@ class Landmarker:
         flip: flip averaging: each crop also runs mirrored left-right (in the same model call) and the
             two answers are averaged (:meth:`Layout.average_with_mirror`); twice the model's work for a
             lower error on real faces (docs/MODEL_CARD.md).
+        upright: a face found tilted (eye line) by more than this many degrees runs again from a crop
+            turned upright (:func:`upright_crop_affine`), at most :data:`UPRIGHT_PASSES` times, and keeps
+            that answer; only tilted faces pay (docs/INFERENCE.md, "Tilted heads").  ``None``: never.
         cv2_threads: ``cv2.setNumThreads`` value set when the landmarker is built (process-wide), 1 by
             default: a crop is far too small to gain from threads, and OpenCV's thread pool spinning
             next to PyTorch's or ONNX Runtime's threads made one end-to-end face 60x slower than the
@@ -210,8 +221,8 @@ class Landmarker:
     def __init__(self, runner: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, *,
                  source: str | Path = "<model>", detector: str | DetectorFn | None = "auto",
                  batch_size: int = 16, min_score: float | None = None, max_faces: int | None = None,
-                 antialias: bool = True, refine: int = 0, flip: bool = False, cv2_threads: int | None = 1
-                 ) -> None:
+                 antialias: bool = True, refine: int = 0, flip: bool = False,
+                 upright: float | None = DEFAULT_UPRIGHT_DEG, cv2_threads: int | None = 1) -> None:
         self.runner = runner
         self.meta = meta
         self.source = str(source)
@@ -228,6 +239,9 @@ class Landmarker:
             raise ValueError(f"refine must be >= 0, got {refine}")
         self.refine = int(refine)
         self.flip = bool(flip)
+        if upright is not None and not 0 <= upright < 180:
+            raise ValueError(f"upright must be None or an angle in [0, 180) degrees, got {upright}")
+        self.upright = None if upright is None else float(upright)
         if cv2_threads is not None:
             cv2.setNumThreads(int(cv2_threads))
         s = self.input_size
@@ -360,6 +374,8 @@ class Landmarker:
             crop_boxes = np.concatenate([lms.min(axis=1), lms.max(axis=1)], axis=1).astype(np.float64)
             heads = {}
             lms = self.landmarks_in_boxes(bgrs, crop_boxes, owners, heads=heads)
+        if self.upright is not None:
+            _upright_passes(self, bgrs, lms, owners, heads)
         for i, (k, box, (_, score), lm) in enumerate(zip(owners, crop_boxes, faces, lms, strict=True)):
             results[k].append(FaceLandmarks(lm, tuple(float(v) for v in box), float(score), self.layout,
                                             **_face_heads(heads, i)))
@@ -392,9 +408,8 @@ class Landmarker:
     def track(self, frames: Iterable[ImageLike], **options: Any) -> Iterator[list[FaceLandmarks]]:
         """Faces of each frame of a video, tracked and smoothed: one list per frame, in order.
 
-        The detector runs on the first frame and again only when a tracked face is lost, on a schedule
-        or at a scene cut; every other frame is cropped around the face's landmarks in the frame
-        before, and the landmarks are smoothed by a One Euro filter.  ``options``: those of
+        The detector runs on the first frame, then only when a face is lost, on a schedule or at a scene
+        cut; other frames are cropped around the last landmarks, smoothed by a One Euro filter; ``options``:
         :class:`~kdlandmark.infer.track.FaceTracker` (``smooth``, ``min_cutoff``, ``beta``, ``fps``,
         ``redetect_every``, ...).  A frame whose size differs from the first one's raises a
         ``ValueError`` naming it, after the frames before it were yielded.
@@ -417,17 +432,26 @@ class Landmarker:
             owners: image index per face (default: all faces in the one image).
             heads: a dict to receive the confidence outputs of a model with heads: ``"visibility"``
                 (probabilities) and ``"error"`` (image pixels), each ``(F, N)`` float32.
-            snap: cut each crop with one ``cv2.resize`` of a whole-pixel image region (the crop's edges
-                and side rounded to whole pixels: it moves by at most half a pixel and is mapped back
-                exactly) instead of ``cv2.warpAffine``; cheaper per face, the video tracker's per-frame
-                path.
+            snap: cut each crop with one ``cv2.resize`` of a whole-pixel image region (edges and side
+                rounded: it moves by at most half a pixel and is mapped back exactly) instead of
+                ``cv2.warpAffine``; cheaper per face, the video tracker's per-frame path.
             flip: flip averaging for this call (``None``: the landmarker's ``flip``).
         """
-        flip = self.flip if flip is None else bool(flip)
-        single = isinstance(images, np.ndarray)
-        imgs: Sequence[np.ndarray] = [images] if single else images  # type: ignore[list-item]
         box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        n = len(box_arr)
+        crops = [crop_affine(box, self.input_size, self.margin) for box in box_arr]
+        return self.landmarks_in_crops(images, crops, owners, heads, snap=snap, flip=flip)
+
+    def landmarks_in_crops(self, images: np.ndarray | Sequence[np.ndarray],
+                           crops: Sequence[np.ndarray] | np.ndarray, owners: Sequence[int] | None = None,
+                           heads: dict | None = None, *, snap: bool = False, flip: bool | None = None
+                           ) -> np.ndarray:
+        """``(F, N, 2)`` float32 image-pixel landmarks of the faces cut by ``crops``: 2x3 affines from image
+        pixels to the model's input square (:func:`~kdlandmark.data.crop.crop_affine`, or rotated:
+        :func:`~kdlandmark.data.crop.upright_crop_affine`); the other arguments as
+        :meth:`landmarks_in_boxes` (``snap`` applies to unrotated crops only)."""
+        flip = self.flip if flip is None else bool(flip)
+        imgs: Sequence[np.ndarray] = [images] if isinstance(images, np.ndarray) else images  # type: ignore
+        n = len(crops)
         own = np.zeros(n, np.int64) if owners is None else np.asarray(owners, np.int64)
         s = self.input_size
         out = np.empty((n, self.layout.num_points, 2), np.float32)
@@ -437,11 +461,11 @@ class Landmarker:
             m = stop - start
             affines = np.empty((m, 2, 3), np.float64)
             for j in range(m):
-                a = crop_affine(box_arr[start + j], s, self.margin)
+                a = crops[start + j]
                 image = imgs[own[start + j]]
                 snapped = _snapped_cut(image, a, s, self._u8[j], self.antialias) if snap else None
                 if snapped is None:
-                    self._warp(image, a, self._u8[j])
+                    _warp_into(image, a, self._u8[j], self.antialias)
                     affines[j] = a
                 else:
                     affines[j] = snapped
@@ -461,18 +485,44 @@ class Landmarker:
             out[start:stop] = _map_back(coords, affines, s)
         return out
 
-    def _warp(self, image: np.ndarray, affine: np.ndarray, dst: np.ndarray) -> None:
-        """Cut one crop into ``dst`` (BGR uint8, S x S): one warpAffine, area-reduced first when shrinking."""
-        s = self.input_size
-        if self.antialias:
-            scale = abs(affine[0, 0] * affine[1, 1] - affine[0, 1] * affine[1, 0]) ** 0.5
-            if scale < ANTIALIAS_BELOW:
-                from kdlandmark.data.prepare import crop_image
 
-                cv2.cvtColor(crop_image(image, affine, s), cv2.COLOR_RGB2BGR, dst=dst)
-                return
-        cv2.warpAffine(image, affine, (s, s), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=(0, 0, 0))
+
+def _upright_passes(lmk: Landmarker, images: Sequence[np.ndarray], lms: np.ndarray, owners: Sequence[int],
+                    heads: dict) -> None:
+    """Run again, in place, the faces of ``lms`` whose eye line is tilted by more than ``lmk.upright``
+    degrees from their crop's, each from a crop turned upright about its landmarks (their outputs replace
+    the earlier ones); at most :data:`UPRIGHT_PASSES` times (a steep tilt is only partly undone by the
+    first estimate)."""
+    crop_roll = np.zeros(len(lms))
+    todo = np.arange(len(lms))
+    for _ in range(UPRIGHT_PASSES):
+        roll = lmk.layout.roll(lms[todo])
+        off = np.angle(np.exp(1j * (roll - crop_roll[todo])))                # wrapped to (-pi, pi]
+        keep = np.abs(np.degrees(off)) > lmk.upright
+        todo, roll = todo[keep], roll[keep]
+        if not len(todo):
+            return
+        crops = [upright_crop_affine(lms[i], float(r), lmk.input_size, lmk.margin)
+                 for i, r in zip(todo, roll, strict=True)]
+        again: dict = {}
+        lms[todo] = lmk.landmarks_in_crops(images, crops, [owners[i] for i in todo], heads=again)
+        for name, value in again.items():
+            heads[name][todo] = value
+        crop_roll[todo] = roll
+
+
+def _warp_into(image: np.ndarray, affine: np.ndarray, dst: np.ndarray, antialias: bool) -> None:
+    """Cut one crop into ``dst`` (BGR uint8, S x S): one warpAffine, area-reduced first when shrinking."""
+    s = dst.shape[0]
+    if antialias:
+        scale = abs(affine[0, 0] * affine[1, 1] - affine[0, 1] * affine[1, 0]) ** 0.5
+        if scale < ANTIALIAS_BELOW:
+            from kdlandmark.data.prepare import crop_image
+
+            cv2.cvtColor(crop_image(image, affine, s), cv2.COLOR_RGB2BGR, dst=dst)
+            return
+    cv2.warpAffine(image, affine, (s, s), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                   borderValue=(0, 0, 0))
 
 
 def _map_back(coords: np.ndarray, affines: np.ndarray, size: int) -> np.ndarray:

@@ -372,6 +372,7 @@ def predict_main(args: argparse.Namespace) -> int:
     """``kdlandmark predict``: 0 when every input was processed, 1 when some could not be read, 2 when
     none could (or the model or the boxes file is bad: those raise, and the command line reports them)."""
     from kdlandmark.infer.detect import DetectorUnavailable
+    from kdlandmark.infer.landmarker import DEFAULT_UPRIGHT_DEG
     from kdlandmark.infer.track import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
 
     if getattr(args, "smooth", False):
@@ -382,7 +383,8 @@ def predict_main(args: argparse.Namespace) -> int:
     table = read_boxes_table(args.boxes) if args.boxes is not None else None
     lmk = build_landmarker(args.model, backend=args.backend, device=args.device, detector=args.detector,
                            batch_size=max(1, args.batch), min_score=args.min_score, max_faces=args.max_faces,
-                           refine=args.refine, flip=getattr(args, "flip", None))
+                           refine=args.refine, flip=getattr(args, "flip", None),
+                           upright=getattr(args, "upright", DEFAULT_UPRIGHT_DEG))
     if getattr(args, "confidence", False):
         lmk.require_heads()                 # a CheckpointError: one clear error line, exit status 2
     try:
