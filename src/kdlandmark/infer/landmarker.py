@@ -486,7 +486,6 @@ class Landmarker:
         return out
 
 
-
 def _upright_passes(lmk: Landmarker, images: Sequence[np.ndarray], lms: np.ndarray, owners: Sequence[int],
                     heads: dict) -> None:
     """Run again, in place, the faces of ``lms`` whose eye line is tilted by more than ``lmk.upright``
