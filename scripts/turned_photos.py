@@ -23,25 +23,22 @@ import tempfile
 from pathlib import Path
 
 import cv2
-import numpy as np
 
-from kdlandmark.evaluate.photos import photo_benchmark
+from kdlandmark.evaluate.photos import photo_benchmark, read_photos
 from kdlandmark.infer.landmarker import Landmarker
 
 
 def transformed_copy(root: Path, folder: str, out: Path, angle: float = 0.0, scale: float = 1.0) -> Path:
-    """``out`` holding the photos of ``root`` whose faces were cut into ``folder``, turned by ``angle``
-    degrees (counter-clockwise on screen, canvas grown) and scaled by ``scale``, and their ``photos.json``
-    with the landmarks moved alike."""
-    index = json.loads((root / "photos.json").read_text(encoding="utf-8"))
+    """``out`` holding the photos of ``root`` whose faces were cut into ``folder`` (as
+    :func:`~kdlandmark.evaluate.photos.read_photos` finds them), turned by ``angle`` degrees
+    (counter-clockwise on screen, canvas grown) and scaled by ``scale``, and their ``photos.json`` with
+    the landmarks moved alike."""
     (out / "photos").mkdir(parents=True, exist_ok=True)
     kept = {}
-    for name, faces in index.items():
-        if not faces or not all(str(f.get("crop", "")).startswith(folder + "/") for f in faces):
-            continue
-        image = cv2.imread(str(root / "photos" / name))
+    for path, lms in read_photos(root, folder):
+        image = cv2.imread(str(path))
         if image is None:
-            raise SystemExit(f"error: {root / 'photos' / name}: cannot read the photo")
+            raise SystemExit(f"error: {path}: cannot read the photo")
         h, w = image.shape[:2]
         m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
         c, s = abs(m[0, 0]), abs(m[0, 1])
@@ -49,10 +46,11 @@ def transformed_copy(root: Path, folder: str, out: Path, angle: float = 0.0, sca
         m[0, 2] += (nw - w) / 2
         m[1, 2] += (nh - h) / 2
         flags = cv2.INTER_AREA if scale < 1 and angle == 0 else cv2.INTER_LINEAR
-        cv2.imwrite(str(out / "photos" / name), cv2.warpAffine(image, m, (nw, nh), flags=flags),
+        cv2.imwrite(str(out / "photos" / path.name), cv2.warpAffine(image, m, (nw, nh), flags=flags),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
-        kept[name] = [{**f, "landmarks": (np.asarray(f["landmarks"], float) @ m[:, :2].T + m[:, 2]).tolist()}
-                      for f in faces]
+        moved = lms @ m[:, :2].T + m[:, 2]
+        kept[path.name] = [{"crop": f"{folder}/{path.stem}_{k}", "landmarks": lm.tolist()}
+                           for k, lm in enumerate(moved)]
     (out / "photos.json").write_text(json.dumps(kept), encoding="utf-8")
     return out
 
