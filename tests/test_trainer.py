@@ -335,6 +335,52 @@ def test_kd_l2_warmup_is_the_baseline_then_kd_loss(data, teachers, tmp_path, mon
     assert "l2" in (tmp_path / "kd" / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
+def test_kd_teacher_cache_is_the_at_rest_prediction_moved_with_each_sample(data, teachers, tmp_path,
+                                                                         monkeypatch) -> None:
+    """``kd.teacher_cache``: each teacher runs once per training image at rest; a batch carries those
+    predictions through its own augmentation exactly as the landmarks (flip permutation included), and
+    training runs no teacher forward."""
+    cfg = tiny_train_config(data, tmp_path / "kd", role="kd")
+    cfg.teachers.tough, cfg.teachers.tolerant = str(teachers["tough"]), str(teachers["tolerant"])
+    cfg.optim.epochs, cfg.kd.teacher_cache = 1, True
+    cfg.augment.flip_prob = 1.0                   # every sample mirrored: the permutation must apply
+    tr = Trainer(cfg)
+    assert set(tr.teacher_cache) == {"tough", "tolerant"}
+    # the cache is the teachers' prediction on the unaugmented view, in stored-crop pixels
+    idx = torch.arange(tr.n_train)
+    images = tr.data.train_images.index_select(0, idx)
+    x_rest, (hard_rest,) = tr.augmenter(images, [tr.data.train_hard], train=False)
+    live = tr.teacher_predict(x_rest)
+    for name, pred in live.items():
+        torch.testing.assert_close(tr.augmenter.stored_to_model(tr.teacher_cache[name]), pred,
+                                   atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(live["tough"], hard_rest, atol=1e-3)   # a real prediction, not the labels
+    # moved with the sample: a cache equal to the labels comes out of the batch equal to the targets
+    tr.teacher_cache = {"tough": tr.data.train_hard.clone(), "tolerant": tr.data.train_hard + 1.0}
+    x, targets, moved = tr._batch(idx[:8])
+    assert moved is not None and len(targets) == 1
+    torch.testing.assert_close(moved["tough"], targets[0], atol=1e-6, rtol=0)
+    assert not torch.allclose(moved["tolerant"], targets[0], atol=1e-3)
+    assert not torch.allclose(targets[0], hard_rest[:8], atol=1e-3)    # the batch was augmented
+    # training: KD-Loss gets the moved cache; the teachers never run
+    tr = Trainer(cfg)
+    cache = {k: v.clone() for k, v in tr.teacher_cache.items()}
+    calls, seen = [], []
+    monkeypatch.setattr(tr, "teacher_predict", lambda x: calls.append(1) or {})
+    real = trainer_mod.kd_loss
+
+    def spy(pred, gt, tough, tolerant, config):
+        seen.append((tough.clone(), tolerant.clone()))
+        return real(pred, gt, tough, tolerant, config)
+
+    monkeypatch.setattr(trainer_mod, "kd_loss", spy)
+    row = tr.fit()["history"][0]
+    assert calls == [] and len(seen) == tr.steps_per_epoch
+    assert all(torch.equal(cache[k], v) for k, v in tr.teacher_cache.items())
+    assert math.isfinite(row["main"]) and math.isfinite(row["tough"])
+    assert not torch.allclose(seen[0][0], seen[0][1])
+
+
 def test_a_kd_warmup_as_long_as_the_run_is_refused() -> None:
     cfg = tiny_train_config("data", "out", role="kd")
     cfg.kd.l2_warmup_epochs = cfg.optim.epochs

@@ -190,6 +190,14 @@ class KDLossConfig:
             default, is the paper).  The CPU demo uses it: from random weights the student first
             sits on the mean-shape plateau, and the L1-like KD-Loss leaves it more slowly than L2
             within a short schedule (docs/RESULTS.md).
+        teacher_cache: run each teacher once per training image, at rest (unaugmented), and carry its
+            prediction through every sample's augmentation like the landmarks (geometric transform and
+            flip), instead of running both teachers on every augmented batch.  A KD-Loss epoch then costs
+            about what an L2 epoch costs (the teachers' forwards were most of it on a CPU), at the price
+            of teachers that do not see each sample's own augmentation (their at-rest prediction moved
+            with the image; photometric changes unseen).  The paper's official code trains on offline-
+            augmented data with the teachers' predictions computed beforehand, which is close to this.
+            Off by default (the teachers run on each augmented batch); docs/TRAINING.md.
     """
 
     w_main: float = 2.0
@@ -203,6 +211,7 @@ class KDLossConfig:
     low_influence_ramp: bool = True
     main_c: float = 3.0
     l2_warmup_epochs: int = 0
+    teacher_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.l2_warmup_epochs >= 0:

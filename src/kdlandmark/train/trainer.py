@@ -280,6 +280,8 @@ class Trainer:
         # ---- teachers (before the per-rank seeding below: building them draws random numbers, and a
         # KD student must see the same dropout and augmentation as the L2 baseline of the same seed)
         self.teachers = load_teachers(cfg, self.device, self.layout) if cfg.role == "kd" else {}
+        # kd.teacher_cache: each teacher's at-rest prediction per training image, in stored-crop pixels
+        self.teacher_cache = self._teacher_cache() if self.teachers and cfg.kd.teacher_cache else {}
 
         # per-rank streams of randomness after the shared initialisation (dropout, augmentation)
         _seed_everything(cfg.seed + 7919 * (self.dist.rank + 1))
@@ -330,6 +332,13 @@ class Trainer:
         bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with
         ``"data_wait"`` once the images are on the device and ``"augmentation"`` once the batch is ready.
         """
+        x, targets, _ = self._batch(idx, mark)
+        return x, targets
+
+    def _batch(self, idx: torch.Tensor, mark: Mark | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor] | None]:
+        """:meth:`batch`, and with ``kd.teacher_cache`` in a KD-Loss epoch the teachers' cached predictions
+        moved by the same augmentation as the landmarks (else None: the teachers run on ``x``)."""
         images = fetch(self.data.train_images, idx, self.device)
         if mark is not None:
             mark("data_wait")
@@ -337,6 +346,9 @@ class Trainer:
         lms = [self.data.train_hard.index_select(0, idx_dev)]
         if self.data.train_soft is not None:
             lms.append(self.data.train_soft.index_select(0, idx_dev))
+        cached = list(self.teacher_cache) if self.uses_teachers else []
+        n = len(lms)
+        lms += [self.teacher_cache[name].index_select(0, idx_dev) for name in cached]
         with torch.no_grad():
             train = self.cfg.random_augment
             if self.data.train_occluded is not None:
@@ -346,11 +358,31 @@ class Trainer:
                 targets.append(hidden)
             else:
                 x, targets = self.augmenter(images, lms, train=train, generator=self.aug_gen)
+        teachers = dict(zip(cached, targets[n:n + len(cached)], strict=True)) if cached else None
+        del targets[n:n + len(cached)]
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if mark is not None:
             mark("augmentation")
-        return x, targets
+        return x, targets, teachers
+
+    @torch.no_grad()
+    def _teacher_cache(self) -> dict[str, torch.Tensor]:
+        """``kd.teacher_cache``: each teacher's prediction on every training image at rest (the unaugmented
+        view), in stored-crop pixels like ``train_hard``, so that :meth:`_batch` moves it with the image."""
+        out = {name: torch.empty_like(self.data.train_hard) for name in self.teachers}
+        bs = self.cfg.eval_batch_size or 2 * self.cfg.optim.batch_size
+        starts = range(0, self.n_train, bs)
+        for start in tqdm(starts, desc="teacher predictions (cached)", leave=False, unit="batch",
+                          disable=None if self.dist.is_main else True):
+            idx = torch.arange(start, min(start + bs, self.n_train))
+            images = fetch(self.data.train_images, idx, self.device)
+            x, _ = self.augmenter(images, [], train=False)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for name, pred in self.teacher_predict(x).items():
+                out[name][start:start + len(idx)] = self.augmenter.model_to_stored(pred)
+        return out
 
     @property
     def uses_teachers(self) -> bool:
@@ -379,14 +411,17 @@ class Trainer:
         loss = l2_loss(pred, target)
         return loss, {"l2": loss.detach()}
 
-    def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None
-                 ) -> dict[str, torch.Tensor]:
+    def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None,
+                 teachers: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser step on a ready batch (the teachers' forwards included for KD); detached terms.
 
-        ``mark``: called with ``"teacher_forwards"`` and then ``"student_step"``.
+        ``teachers``: the teachers' predictions for ``x`` when they are known (``kd.teacher_cache``);
+        else, in a KD-Loss epoch, the teachers run on ``x``.  ``mark``: called with ``"teacher_forwards"``
+        and then ``"student_step"``.
         """
         cfg = self.cfg
-        teachers = self.teacher_predict(x) if self.uses_teachers else None
+        if teachers is None and self.uses_teachers:
+            teachers = self.teacher_predict(x)
         if mark is not None:
             mark("teacher_forwards")
         heads = self.model.has_heads  # type: ignore[union-attr]
@@ -411,8 +446,8 @@ class Trainer:
 
     def train_step(self, idx: torch.Tensor, mark: Mark | None = None) -> dict[str, torch.Tensor]:
         """The whole training step on training-set rows ``idx``: :meth:`batch`, then :meth:`optimise`."""
-        x, targets = self.batch(idx, mark)
-        return self.optimise(x, targets, mark)
+        x, targets, teachers = self._batch(idx, mark)
+        return self.optimise(x, targets, mark, teachers)
 
     # ----------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
