@@ -357,7 +357,7 @@ def test_kd_teacher_cache_is_the_at_rest_prediction_moved_with_each_sample(data,
     assert not torch.allclose(live["tough"], hard_rest, atol=1e-3)   # a real prediction, not the labels
     # moved with the sample: a cache equal to the labels comes out of the batch equal to the targets
     tr.teacher_cache = {"tough": tr.data.train_hard.clone(), "tolerant": tr.data.train_hard + 1.0}
-    x, targets, moved = tr._batch(idx[:8])
+    x, targets, moved = tr.batch_with_teachers(idx[:8])
     assert moved is not None and len(targets) == 1
     torch.testing.assert_close(moved["tough"], targets[0], atol=1e-6, rtol=0)
     assert not torch.allclose(moved["tolerant"], targets[0], atol=1e-3)

@@ -332,10 +332,10 @@ class Trainer:
         bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with
         ``"data_wait"`` once the images are on the device and ``"augmentation"`` once the batch is ready.
         """
-        x, targets, _ = self._batch(idx, mark)
+        x, targets, _ = self.batch_with_teachers(idx, mark)
         return x, targets
 
-    def _batch(self, idx: torch.Tensor, mark: Mark | None = None
+    def batch_with_teachers(self, idx: torch.Tensor, mark: Mark | None = None
                ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor] | None]:
         """:meth:`batch`, and with ``kd.teacher_cache`` in a KD-Loss epoch the teachers' cached predictions
         moved by the same augmentation as the landmarks (else None: the teachers run on ``x``)."""
@@ -369,7 +369,8 @@ class Trainer:
     @torch.no_grad()
     def _teacher_cache(self) -> dict[str, torch.Tensor]:
         """``kd.teacher_cache``: each teacher's prediction on every training image at rest (the unaugmented
-        view), in stored-crop pixels like ``train_hard``, so that :meth:`_batch` moves it with the image."""
+        view), in stored-crop pixels like ``train_hard``, so that :meth:`batch_with_teachers` moves it with
+        the image."""
         out = {name: torch.empty_like(self.data.train_hard) for name in self.teachers}
         bs = self.cfg.eval_batch_size or 2 * self.cfg.optim.batch_size
         starts = range(0, self.n_train, bs)
@@ -445,8 +446,9 @@ class Trainer:
         return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k not in ("loss", "total")}}
 
     def train_step(self, idx: torch.Tensor, mark: Mark | None = None) -> dict[str, torch.Tensor]:
-        """The whole training step on training-set rows ``idx``: :meth:`batch`, then :meth:`optimise`."""
-        x, targets, teachers = self._batch(idx, mark)
+        """The whole training step on training-set rows ``idx``: :meth:`batch_with_teachers`, then
+        :meth:`optimise`."""
+        x, targets, teachers = self.batch_with_teachers(idx, mark)
         return self.optimise(x, targets, mark, teachers)
 
     # ----------------------------------------------------------------------------------------- epochs
