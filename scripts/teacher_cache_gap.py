@@ -36,7 +36,7 @@ def main() -> None:
         idx_all = torch.randperm(tr.n_train, generator=torch.Generator().manual_seed(a.seed))[:a.images]
         rows: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(idx_all), 64):
-            x, targets, moved = tr.batch_with_teachers(idx_all[start:start + 64])
+            x, targets, moved = tr.batch(idx_all[start:start + 64])
             assert moved is not None
             live = tr.teacher_predict(x)
             gt = targets[0].numpy()

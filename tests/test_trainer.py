@@ -253,8 +253,8 @@ def test_tolerant_trains_on_soft_landmarks(data, tmp_path, monkeypatch) -> None:
     cfg.optim.epochs = 1
     tr = Trainer(cfg)
     res = tr.fit()
-    soft = tr.augmenter.stored_to_model(tr.train_soft)
-    hard = tr.augmenter.stored_to_model(tr.train_hard)
+    soft = tr.augmenter.stored_to_model(tr.data.train_soft)
+    hard = tr.augmenter.stored_to_model(tr.data.train_hard)
     for target in seen:
         for row in target:  # every target row is some face's soft shape, none its hard shape
             assert torch.isclose(soft, row).all(-1).all(-1).any()
@@ -357,7 +357,7 @@ def test_kd_teacher_cache_is_the_at_rest_prediction_moved_with_each_sample(data,
     assert not torch.allclose(live["tough"], hard_rest, atol=1e-3)   # a real prediction, not the labels
     # moved with the sample: a cache equal to the labels comes out of the batch equal to the targets
     tr.teacher_cache = {"tough": tr.data.train_hard.clone(), "tolerant": tr.data.train_hard + 1.0}
-    x, targets, moved = tr.batch_with_teachers(idx[:8])
+    x, targets, moved = tr.batch(idx[:8])
     assert moved is not None and len(targets) == 1
     torch.testing.assert_close(moved["tough"], targets[0], atol=1e-6, rtol=0)
     assert not torch.allclose(moved["tolerant"], targets[0], atol=1e-3)

@@ -68,7 +68,8 @@ from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_
 from kdlandmark.train.logs import RunLog
 from kdlandmark.train.tensors import fetch, load_training_tensors
 
-__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student", "head_losses"]
+__all__ = ["Trainer", "train", "train_main", "lr_factor_fn", "load_teachers", "build_student", "head_losses",
+           "cached_teachers"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 #: ``mark(phase)`` is called after each phase of a step (``kdlandmark bench train`` times them).
@@ -129,6 +130,25 @@ def _set_train_mode(model: nn.Module, batchnorm: str) -> None:
         for m in model.modules():
             if isinstance(m, _BN_TYPES):
                 m.eval()
+
+
+@torch.no_grad()
+def cached_teachers(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """``kd.teacher_cache``: each of ``trainer``'s teachers' prediction on every training image at rest
+    (the unaugmented view), in stored-crop pixels like ``train_hard``, so that :meth:`Trainer.batch`
+    moves it with the image."""
+    data, augmenter = trainer.data, trainer.augmenter
+    out = {name: torch.empty_like(data.train_hard) for name in trainer.teachers}
+    bs = trainer.cfg.eval_batch_size or 2 * trainer.cfg.optim.batch_size
+    for start in tqdm(range(0, trainer.n_train, bs), desc="teacher predictions (cached)", leave=False,
+                      unit="batch", disable=None if trainer.dist.is_main else True):
+        idx = torch.arange(start, min(start + bs, trainer.n_train))
+        x, _ = augmenter(fetch(data.train_images, idx, trainer.device), [], train=False)
+        if trainer.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for name, pred in trainer.teacher_predict(x).items():
+            out[name][start:start + len(idx)] = augmenter.model_to_stored(pred)
+    return out
 
 
 def _seed_everything(seed: int) -> None:
@@ -280,8 +300,7 @@ class Trainer:
         # ---- teachers (before the per-rank seeding below: building them draws random numbers, and a
         # KD student must see the same dropout and augmentation as the L2 baseline of the same seed)
         self.teachers = load_teachers(cfg, self.device, self.layout) if cfg.role == "kd" else {}
-        # kd.teacher_cache: each teacher's at-rest prediction per training image, in stored-crop pixels
-        self.teacher_cache = self._teacher_cache() if self.teachers and cfg.kd.teacher_cache else {}
+        self.teacher_cache = cached_teachers(self) if cfg.kd.teacher_cache and self.teachers else {}
 
         # per-rank streams of randomness after the shared initialisation (dropout, augmentation)
         _seed_everything(cfg.seed + 7919 * (self.dist.rank + 1))
@@ -311,34 +330,22 @@ class Trainer:
     def n_val(self) -> int:
         return self.data.n_val
 
-    @property
-    def train_hard(self) -> torch.Tensor:
-        return self.data.train_hard
-
-    @property
-    def train_soft(self) -> torch.Tensor | None:
-        return self.data.train_soft
-
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ----------------------------------------------------------------------------------------- the step
-    def batch(self, idx: torch.Tensor, mark: Mark | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Augmented input batch and its targets (model coords) for training-set rows ``idx``.
+    def batch(self, idx: torch.Tensor, mark: Mark | None = None
+              ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Augmented input batch, its targets (model coords) and the teachers' predictions, rows ``idx``.
 
         Targets: hard landmarks, soft ones (Tolerant-Teacher), last (visibility head only) the ``(B, N)``
-        bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  ``mark``: called with
+        bool mask of hidden points (:meth:`BatchAugmenter.with_visibility`).  Teachers: with
+        ``kd.teacher_cache`` in a KD-Loss epoch their cached predictions, moved by the same augmentation as
+        the landmarks; else None (:meth:`optimise` runs them on the batch).  ``mark``: called with
         ``"data_wait"`` once the images are on the device and ``"augmentation"`` once the batch is ready.
         """
-        x, targets, _ = self.batch_with_teachers(idx, mark)
-        return x, targets
-
-    def batch_with_teachers(self, idx: torch.Tensor, mark: Mark | None = None
-               ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor] | None]:
-        """:meth:`batch`, and with ``kd.teacher_cache`` in a KD-Loss epoch the teachers' cached predictions
-        moved by the same augmentation as the landmarks (else None: the teachers run on ``x``)."""
         images = fetch(self.data.train_images, idx, self.device)
         if mark is not None:
             mark("data_wait")
@@ -346,8 +353,7 @@ class Trainer:
         lms = [self.data.train_hard.index_select(0, idx_dev)]
         if self.data.train_soft is not None:
             lms.append(self.data.train_soft.index_select(0, idx_dev))
-        cached = list(self.teacher_cache) if self.uses_teachers else []
-        n = len(lms)
+        cached, n = (list(self.teacher_cache) if self.uses_teachers else []), len(lms)
         lms += [self.teacher_cache[name].index_select(0, idx_dev) for name in cached]
         with torch.no_grad():
             train = self.cfg.random_augment
@@ -365,25 +371,6 @@ class Trainer:
         if mark is not None:
             mark("augmentation")
         return x, targets, teachers
-
-    @torch.no_grad()
-    def _teacher_cache(self) -> dict[str, torch.Tensor]:
-        """``kd.teacher_cache``: each teacher's prediction on every training image at rest (the unaugmented
-        view), in stored-crop pixels like ``train_hard``, so that :meth:`batch_with_teachers` moves it with
-        the image."""
-        out = {name: torch.empty_like(self.data.train_hard) for name in self.teachers}
-        bs = self.cfg.eval_batch_size or 2 * self.cfg.optim.batch_size
-        starts = range(0, self.n_train, bs)
-        for start in tqdm(starts, desc="teacher predictions (cached)", leave=False, unit="batch",
-                          disable=None if self.dist.is_main else True):
-            idx = torch.arange(start, min(start + bs, self.n_train))
-            images = fetch(self.data.train_images, idx, self.device)
-            x, _ = self.augmenter(images, [], train=False)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for name, pred in self.teacher_predict(x).items():
-                out[name][start:start + len(idx)] = self.augmenter.model_to_stored(pred)
-        return out
 
     @property
     def uses_teachers(self) -> bool:
@@ -414,11 +401,8 @@ class Trainer:
 
     def optimise(self, x: torch.Tensor, targets: list[torch.Tensor], mark: Mark | None = None,
                  teachers: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """One optimiser step on a ready batch (the teachers' forwards included for KD); detached terms.
-
-        ``teachers``: the teachers' predictions for ``x`` when they are known (``kd.teacher_cache``);
-        else, in a KD-Loss epoch, the teachers run on ``x``.  ``mark``: called with ``"teacher_forwards"``
-        and then ``"student_step"``.
+        """One optimiser step on a ready batch (a KD-Loss epoch runs the teachers on ``x`` unless
+        ``teachers`` is given); detached terms.  ``mark``: with ``"teacher_forwards"``, ``"student_step"``.
         """
         cfg = self.cfg
         if teachers is None and self.uses_teachers:
@@ -446,9 +430,8 @@ class Trainer:
         return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k not in ("loss", "total")}}
 
     def train_step(self, idx: torch.Tensor, mark: Mark | None = None) -> dict[str, torch.Tensor]:
-        """The whole training step on training-set rows ``idx``: :meth:`batch_with_teachers`, then
-        :meth:`optimise`."""
-        x, targets, teachers = self.batch_with_teachers(idx, mark)
+        """The whole training step on training-set rows ``idx``: :meth:`batch`, then :meth:`optimise`."""
+        x, targets, teachers = self.batch(idx, mark)
         return self.optimise(x, targets, mark, teachers)
 
     # ----------------------------------------------------------------------------------------- epochs
