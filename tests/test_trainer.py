@@ -362,8 +362,10 @@ def test_kd_teacher_cache_is_the_at_rest_prediction_moved_with_each_sample(data,
     torch.testing.assert_close(moved["tough"], targets[0], atol=1e-6, rtol=0)
     assert not torch.allclose(moved["tolerant"], targets[0], atol=1e-3)
     assert not torch.allclose(targets[0], hard_rest[:8], atol=1e-3)    # the batch was augmented
-    # training: KD-Loss gets the moved cache; the teachers never run
+    # training: KD-Loss gets the moved cache (here the labels again: its Tough input is the batch's
+    # ground truth at every step); the teachers never run
     tr = Trainer(cfg)
+    tr.teacher_cache = {"tough": tr.data.train_hard.clone(), "tolerant": tr.data.train_hard + 1.0}
     cache = {k: v.clone() for k, v in tr.teacher_cache.items()}
     calls, seen = [], []
     monkeypatch.setattr(tr, "teacher_predict", lambda x: calls.append(1) or {})
@@ -371,6 +373,7 @@ def test_kd_teacher_cache_is_the_at_rest_prediction_moved_with_each_sample(data,
 
     def spy(pred, gt, tough, tolerant, config):
         seen.append((tough.clone(), tolerant.clone()))
+        torch.testing.assert_close(tough, gt, atol=1e-6, rtol=0)
         return real(pred, gt, tough, tolerant, config)
 
     monkeypatch.setattr(trainer_mod, "kd_loss", spy)
