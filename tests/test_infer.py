@@ -397,15 +397,12 @@ def test_haar_finds_a_frontal_synthetic_face():
 
 @pytest.mark.skipif(not haar_available()[0], reason="this OpenCV has no Haar cascade (OpenCV 5)")
 def test_the_haar_calibration_tool_writes_the_constants_the_detector_reads(tmp_path):
-    import importlib.util
     import runpy
 
-    from _train_helpers import REPO
+    from _train_helpers import load_script
     from kdlandmark.infer import detect, haar_calibration
 
-    spec = importlib.util.spec_from_file_location("calibrate_haar", REPO / "scripts" / "calibrate_haar.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("calibrate_haar")
     out = tmp_path / "haar_calibration.py"
     assert tool.main(["--count", "40", "--held-out", "30", "--out", str(out)]) == 0
     written = runpy.run_path(str(out))

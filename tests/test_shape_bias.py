@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _train_helpers import REPO
+from _train_helpers import load_script
 from kdlandmark.data.synth.face import FaceShape, build_geometry, landmarks_3d
 from kdlandmark.evaluate.evaluator import Predictions, save_predictions
 from kdlandmark.layouts import get_layout
@@ -18,10 +16,7 @@ LAYOUT = get_layout("300w")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("shape_bias", REPO / "scripts" / "shape_bias.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("shape_bias")
 
 
 def _faces(n: int, seed: int) -> np.ndarray:
