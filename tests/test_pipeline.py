@@ -190,3 +190,27 @@ def test_a_preset_without_data_is_refused_with_a_clear_message(tmp_path: Path) -
     exp.out = str(tmp_path / "run")
     with pytest.raises(ValueError, match="no dataset folder"):
         Pipeline(exp).run()
+
+
+@pytest.mark.slow
+def test_a_run_without_the_l2_student_is_evaluated_reported_and_timed_across_invocations(
+        synthetic_300w: Path, tmp_path: Path, capsys) -> None:
+    """Teachers in one invocation, then the KD-Loss student and the evaluation in another (the cached
+    recipe's way on a CPU): the models that were trained are scored and reported, the L2 student is
+    named as left out, no KD-vs-L2 comparison is made up, and the stage times of both invocations are
+    kept."""
+    folders = [str(synthetic_300w / "lfpw" / "testset")]
+    exp = load_config(resolve_preset("demo"), [*TINY, f"eval.folders={json.dumps(folders)}"])
+    exp.data_root, exp.out = str(synthetic_300w), str(tmp_path / "run")
+    Pipeline(exp).run(("prepare", "asm", "tough", "tolerant"))
+    Pipeline(exp).run(("kd", "evaluate", "results", "report"))
+    root = Path(exp.out)
+    results = json.loads((root / "results.json").read_text())
+    assert set(results["models"]) == {"tough", "tolerant", "kd"}
+    assert set(results["folders"][folders[0]]["models"]) == {"tough", "tolerant", "kd"}
+    assert results["folders"][folders[0]]["kd_vs_l2"] == {}
+    assert not (root / "l2").exists() and not (root / "compare").exists()
+    assert "Student (KD-Loss)" in (root / "report.md").read_text()
+    assert "[evaluate] not trained, left out: l2" in capsys.readouterr().out
+    times = json.loads((root / "stage_times.json").read_text())
+    assert all(times[s] > 0 for s in ("prepare", "asm", "tough", "tolerant", "kd", "evaluate"))

@@ -146,15 +146,29 @@ class Pipeline:
         result = {k: v for k, v in result.items() if k != "history"}
         write_json_atomic(run / "result.json", result)
 
+    def trained_roles(self, stage: str) -> list[str]:
+        """The roles whose training finished (``--stages`` may leave some out: e.g. teachers and KD-Loss
+        student without the L2 one); the others are named in ``stage``'s log line.  ``ValueError`` if
+        none did."""
+        roles = [r for r in ROLE_LABELS if self.train_done(r)]
+        missing = [r for r in ROLE_LABELS if r not in roles]
+        if not roles:
+            raise ValueError(f"{self.root}: no model is trained yet (run the training stages first)")
+        if missing:
+            self.log(f"[{stage}] not trained, left out: {', '.join(missing)}")
+        return roles
+
     def evaluate_done(self) -> bool:
         tags = [None] + [tag for _, tag in self.extra_folders()]
-        return all((self.eval_dir(r, t) / "metrics.json").is_file() for r in ROLE_LABELS for t in tags)
+        roles = [r for r in ROLE_LABELS if self.train_done(r)]
+        return bool(roles) and all((self.eval_dir(r, t) / "metrics.json").is_file()
+                                   for r in roles for t in tags)
 
     def evaluate(self) -> None:
         from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 
         ev = self.exp.eval
-        for role in ROLE_LABELS:
+        for role in self.trained_roles("evaluate"):
             if not (self.eval_dir(role) / "metrics.json").is_file():
                 evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
                                     out_dir=self.eval_dir(role), normalisation=ev.normalisation,
@@ -180,20 +194,23 @@ class Pipeline:
 
     def results(self) -> dict:
         """``results.json`` and ``results.md``: every model on every subset, then on every extra folder
-        with the KD-Loss student compared to the L2 student (paired bootstrap)."""
+        with the KD-Loss student compared to the L2 student (paired bootstrap) when both were trained."""
         from kdlandmark.evaluate.compare import compare
 
         ev = self.exp.eval
-        rows = self._rows(None)
+        roles = self.trained_roles("results")
+        rows = self._rows(None, roles)
         table = results_table(rows, ev.failure_threshold)
         out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
                "threshold": ev.failure_threshold, "models": rows, "folders": {}}
         text = f"# {self.exp.name}: results\n\n{table}\n"
         for folder, tag in self.extra_folders():
-            extra = self._rows(tag)
-            cmp = compare([self.eval_dir("l2", tag), self.eval_dir("kd", tag)], self.root / "compare" / tag,
-                          labels=[ROLE_LABELS["l2"], ROLE_LABELS["kd"]])
-            sig = cmp["significance"][0] if cmp["significance"] else {}
+            extra = self._rows(tag, roles)
+            sig: dict = {}
+            if {"l2", "kd"} <= set(roles):
+                cmp = compare([self.eval_dir("l2", tag), self.eval_dir("kd", tag)],
+                              self.root / "compare" / tag, labels=[ROLE_LABELS["l2"], ROLE_LABELS["kd"]])
+                sig = cmp["significance"][0] if cmp["significance"] else {}
             out["folders"][str(folder)] = {"models": extra, "kd_vs_l2": sig}
             text += f"\n## {folder}\n\n{results_table(extra, ev.failure_threshold)}\n\n"
             if sig:
@@ -206,21 +223,22 @@ class Pipeline:
         self.log(text)
         return out
 
-    def _rows(self, tag: str | None) -> dict[str, dict]:
+    def _rows(self, tag: str | None, roles: Sequence[str]) -> dict[str, dict]:
         rows = {}
-        for role, label in ROLE_LABELS.items():
+        for role in roles:
             m = json.loads((self.eval_dir(role, tag) / "metrics.json").read_text())
-            rows[role] = {"label": label, "subsets": m["subsets"], "params": m.get("params"),
+            rows[role] = {"label": ROLE_LABELS[role], "subsets": m["subsets"], "params": m.get("params"),
                           "flops": m.get("flops")}
         return rows
 
     def report(self) -> None:
         from kdlandmark.evaluate.report import write_report
 
+        roles = self.trained_roles("report")
         html, md = write_report(
             self.root, title=f"kdlandmark: {self.exp.name}",
-            models={ROLE_LABELS[r]: self.eval_dir(r) for r in ROLE_LABELS},
-            train_dirs={ROLE_LABELS[r]: self.root / r for r in ROLE_LABELS},
+            models={ROLE_LABELS[r]: self.eval_dir(r) for r in roles},
+            train_dirs={ROLE_LABELS[r]: self.root / r for r in roles},
             asm_dir=self.root / "asm", dataset=self.exp.dataset)
         self.log(f"report: {html}\n        {md}")
 
@@ -261,7 +279,10 @@ class Pipeline:
                 continue  # the data are on disk already
             done, fn = plan[name]
             times[name] = self._timed(name, done(), fn)
-        write_json_atomic(self.root / "stage_times.json", times)
+        earlier = self.root / "stage_times.json"              # a run made by several invocations
+        recorded = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        kept = {k: v for k, v in times.items() if v > 0 or k not in recorded}   # 0: skipped as complete
+        write_json_atomic(earlier, {**recorded, **kept})
         return times
 
     def _check_same_config(self) -> None:
