@@ -146,18 +146,6 @@ class Pipeline:
         result = {k: v for k, v in result.items() if k != "history"}
         write_json_atomic(run / "result.json", result)
 
-    def trained_roles(self, stage: str) -> list[str]:
-        """The roles whose training finished (``--stages`` may leave some out: e.g. teachers and KD-Loss
-        student without the L2 one); the others are named in ``stage``'s log line.  ``ValueError`` if
-        none did."""
-        roles = [r for r in ROLE_LABELS if self.train_done(r)]
-        missing = [r for r in ROLE_LABELS if r not in roles]
-        if not roles:
-            raise ValueError(f"{self.root}: no model is trained yet (run the training stages first)")
-        if missing:
-            self.log(f"[{stage}] not trained, left out: {', '.join(missing)}")
-        return roles
-
     def evaluate_done(self) -> bool:
         tags = [None] + [tag for _, tag in self.extra_folders()]
         roles = [r for r in ROLE_LABELS if self.train_done(r)]
@@ -168,7 +156,7 @@ class Pipeline:
         from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 
         ev = self.exp.eval
-        for role in self.trained_roles("evaluate"):
+        for role in trained_roles(self, "evaluate"):
             if not (self.eval_dir(role) / "metrics.json").is_file():
                 evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
                                     out_dir=self.eval_dir(role), normalisation=ev.normalisation,
@@ -198,7 +186,7 @@ class Pipeline:
         from kdlandmark.evaluate.compare import compare
 
         ev = self.exp.eval
-        roles = self.trained_roles("results")
+        roles = trained_roles(self, "results")
         rows = self._rows(None, roles)
         table = results_table(rows, ev.failure_threshold)
         out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
@@ -234,7 +222,7 @@ class Pipeline:
     def report(self) -> None:
         from kdlandmark.evaluate.report import write_report
 
-        roles = self.trained_roles("report")
+        roles = trained_roles(self, "report")
         html, md = write_report(
             self.root, title=f"kdlandmark: {self.exp.name}",
             models={ROLE_LABELS[r]: self.eval_dir(r) for r in roles},
@@ -279,10 +267,7 @@ class Pipeline:
                 continue  # the data are on disk already
             done, fn = plan[name]
             times[name] = self._timed(name, done(), fn)
-        earlier = self.root / "stage_times.json"              # a run made by several invocations
-        recorded = json.loads(earlier.read_text()) if earlier.is_file() else {}
-        kept = {k: v for k, v in times.items() if v > 0 or k not in recorded}   # 0: skipped as complete
-        write_json_atomic(earlier, {**recorded, **kept})
+        _add_stage_times(self.root / "stage_times.json", times)
         return times
 
     def _check_same_config(self) -> None:
@@ -381,6 +366,26 @@ class Pipeline:
                 proc.wait()
             bar.close()
         return times
+
+
+def trained_roles(pipe: Pipeline, stage: str) -> list[str]:
+    """The roles of ``pipe`` whose training finished (``--stages`` may leave some out: e.g. teachers and
+    KD-Loss student without the L2 one); the others are named in ``stage``'s log line.  ``ValueError``
+    if none did."""
+    roles = [r for r in ROLE_LABELS if pipe.train_done(r)]
+    missing = [r for r in ROLE_LABELS if r not in roles]
+    if not roles:
+        raise ValueError(f"{pipe.root}: no model is trained yet (run the training stages first)")
+    if missing:
+        pipe.log(f"[{stage}] not trained, left out: {', '.join(missing)}")
+    return roles
+
+
+def _add_stage_times(path: Path, times: dict[str, float]) -> None:
+    """Write ``times`` into ``path`` over the times of earlier invocations of the same run (a stage
+    skipped as complete, time 0, keeps its recorded time)."""
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    write_json_atomic(path, {**recorded, **{k: v for k, v in times.items() if v > 0 or k not in recorded}})
 
 
 def _differences(old: object, new: object, key: str = "") -> list[str]:
