@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 
-
 def load_script(name: str) -> ModuleType:
     """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")

@@ -156,7 +156,7 @@ class Pipeline:
         from kdlandmark.evaluate.evaluator import evaluate_checkpoint
 
         ev = self.exp.eval
-        for role in trained_roles(self, "evaluate"):
+        for role in _trained_roles(self, "evaluate"):
             if not (self.eval_dir(role) / "metrics.json").is_file():
                 evaluate_checkpoint(self.root / role / "best", self.prepared_dir, dataset=self.exp.dataset,
                                     out_dir=self.eval_dir(role), normalisation=ev.normalisation,
@@ -186,7 +186,7 @@ class Pipeline:
         from kdlandmark.evaluate.compare import compare
 
         ev = self.exp.eval
-        roles = trained_roles(self, "results")
+        roles = _trained_roles(self, "results")
         rows = self._rows(None, roles)
         table = results_table(rows, ev.failure_threshold)
         out = {"name": self.exp.name, "dataset": self.exp.dataset, "normalisation": ev.normalisation,
@@ -222,7 +222,7 @@ class Pipeline:
     def report(self) -> None:
         from kdlandmark.evaluate.report import write_report
 
-        roles = trained_roles(self, "report")
+        roles = _trained_roles(self, "report")
         html, md = write_report(
             self.root, title=f"kdlandmark: {self.exp.name}",
             models={ROLE_LABELS[r]: self.eval_dir(r) for r in roles},
@@ -368,7 +368,7 @@ class Pipeline:
         return times
 
 
-def trained_roles(pipe: Pipeline, stage: str) -> list[str]:
+def _trained_roles(pipe: Pipeline, stage: str) -> list[str]:
     """The roles of ``pipe`` whose training finished (``--stages`` may leave some out: e.g. teachers and
     KD-Loss student without the L2 one); the others are named in ``stage``'s log line.  ``ValueError``
     if none did."""
