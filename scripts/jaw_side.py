@@ -40,10 +40,9 @@ def jaw_side(eval_dir: Path) -> list[str]:
     if jaw is None or "nose_bridge" not in layout.groups:
         raise SystemExit(f"error: {eval_dir}: layout {layout.name} has no jaw line and nose bridge")
     a, b = layout.inter_ocular
-    tip = layout.groups["nose_bridge"][-1]
-    iod = np.linalg.norm(g[:, b] - g[:, a], axis=1)
+    iod = layout.normaliser(g)
     axis = (g[:, b] - g[:, a]) / iod[:, None]
-    t = (g[:, tip, 0] - g[:, a, 0]) / (g[:, b, 0] - g[:, a, 0]) - 0.5      # > 0: nose towards image right
+    t = layout.yaw_proxy(g)                                                # > 0: nose towards image right
     err = np.einsum("fpk,fk->fp", p - g, axis) / iod[:, None] * 100        # signed, % of iod
     half = len(jaw) // 2 - 1                                               # each side, the chin left out
     left, right = list(jaw[:half]), list(jaw[-half:])

@@ -5,7 +5,7 @@
 Reads an evaluation folder (``predictions.npz`` + ``predictions.json`` of ``kdlandmark evaluate``) and
 prints the inter-ocular NME (%) and the failure rate (NME > 10 %) of
 
-* turned and near-frontal faces (yaw proxy: where the labelled nose tip sits between the outer eye
+* turned and near-frontal faces (`Layout.yaw_proxy`: where the labelled nose tip sits between the outer eye
   corners, turned when more than ``--turned`` of the eye span off centre);
 * small and larger faces (the width of the labelled landmark box against ``--small`` pixels);
 * each region of the layout (jaw, brows, nose, eyes, mouth: the mean of its points' errors).
@@ -42,14 +42,12 @@ def breakdown(eval_dir: Path, turned: float = 0.1, small: float = 45.0, threshol
         layout, p, g = load_split(eval_dir)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if "nose_bridge" not in layout.groups:
-        raise SystemExit(f"error: {eval_dir}: layout {layout.name} has no nose bridge (no yaw proxy)")
-    a, b = layout.inter_ocular
-    iod = np.linalg.norm(g[:, b] - g[:, a], axis=1)
-    point_err = np.linalg.norm(p - g, axis=2) / iod[:, None]              # (F, N), fraction of iod
+    try:
+        t = layout.yaw_proxy(g)
+    except ValueError as exc:
+        raise SystemExit(f"error: {eval_dir}: {exc}") from None
+    point_err = np.linalg.norm(p - g, axis=2) / layout.normaliser(g)[:, None]   # (F, N), share of the iod
     nme = point_err.mean(1)
-    tip = layout.groups["nose_bridge"][-1]
-    t = (g[:, tip, 0] - g[:, a, 0]) / (g[:, b, 0] - g[:, a, 0]) - 0.5
     width = g[:, :, 0].max(1) - g[:, :, 0].min(1)
     subsets = {"all": np.ones(len(nme), bool),
                f"turned (|yaw proxy| > {turned:g})": np.abs(t) > turned, "near-frontal": np.abs(t) <= turned,

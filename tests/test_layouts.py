@@ -126,3 +126,21 @@ def test_roll_is_the_eye_line_angle_and_turns_with_the_face(name: str, seed: int
         level[list(side)] = [x, 50.0]
     assert layout.roll(level) == pytest.approx(0.0)
     assert layout.roll(layout.mirror(level, 100)) == pytest.approx(0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(["300w", "wflw"]), seed=st.integers(0, 10_000), shift=st.floats(-0.4, 0.4))
+def test_yaw_proxy_is_the_nose_tips_place_between_the_eyes_and_flips_with_the_mirror(
+        name: str, seed: int, shift: float) -> None:
+    """The nose tip put at ``0.5 + shift`` of the way from the image-left to the image-right inter-ocular
+    point gives ``shift``; the mirror image gives ``-shift``; COFW (no nose bridge) is refused by name."""
+    layout = get_layout(name)
+    pts = np.random.default_rng(seed).uniform(0, 100, (layout.num_points, 2))
+    a, b = layout.inter_ocular
+    pts[a], pts[b] = [20.0, 40.0], [80.0, 45.0]
+    pts[layout.groups["nose_bridge"][-1], 0] = 20.0 + (0.5 + shift) * 60.0
+    assert layout.yaw_proxy(pts) == pytest.approx(shift)
+    assert layout.yaw_proxy(layout.mirror(pts, 100)) == pytest.approx(-shift, abs=1e-6)   # float32 mirror
+    assert layout.yaw_proxy(np.stack([pts, pts])).shape == (2,)
+    with pytest.raises(ValueError, match="cofw"):
+        get_layout("cofw").yaw_proxy(np.zeros((29, 2)))

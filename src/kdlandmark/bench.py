@@ -163,7 +163,7 @@ def _step_figures(trainer: Any, steps: int, warmup: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     idx_batches = [torch.randperm(trainer.n_train, generator=gen)[:b] for _ in range(steps)]
     trainer.train_model.train()
-    x0, t0, teachers0 = trainer.batch(idx_batches[0])      # teachers0: kd.teacher_cache
+    x0, t0, teachers0 = trainer.batch(idx_batches[0])                   # teachers0: kd.teacher_cache
     ceiling = time_calls(lambda: trainer.optimise(x0, t0, teachers=teachers0), runs=steps, warmup=warmup,
                          sync=sync).rate(b)
     it = iter(range(10**9))

@@ -113,6 +113,17 @@ class Layout:
         d = np.diff(self.eye_centres(landmarks), axis=-2)[..., 0, :]
         return np.arctan2(d[..., 1], d[..., 0])
 
+    def yaw_proxy(self, landmarks: np.ndarray) -> np.ndarray:
+        """``(...)`` where the nose tip (the end of the nose bridge) sits between the inter-ocular points
+        along image x, as a share of their span, minus one half: 0 for a frontal face, > 0 when the nose
+        points towards image right.  ``ValueError`` for a layout without a nose bridge."""
+        if "nose_bridge" not in self.groups:
+            raise ValueError(f"layout {self.name} has no nose bridge: no yaw proxy")
+        lm = np.asarray(landmarks, dtype=np.float64)
+        a, b = self.inter_ocular
+        tip = self.groups["nose_bridge"][-1]
+        return (lm[..., tip, 0] - lm[..., a, 0]) / (lm[..., b, 0] - lm[..., a, 0]) - 0.5
+
     def normaliser(self, landmarks: np.ndarray, kind: str = "inter-ocular") -> np.ndarray:
         """Per-face normalising distance for NME: ``inter-ocular``, ``inter-pupil`` or ``box``."""
         lm = np.asarray(landmarks, dtype=np.float64)

@@ -135,8 +135,8 @@ def _set_train_mode(model: nn.Module, batchnorm: str) -> None:
 @torch.no_grad()
 def cached_teachers(trainer: Trainer) -> dict[str, torch.Tensor]:
     """``kd.teacher_cache``: each of ``trainer``'s teachers' prediction on every training image at rest
-    (the unaugmented view), in stored-crop pixels like ``train_hard``, so that :meth:`Trainer.batch`
-    moves it with the image."""
+    (the unaugmented view), in stored-crop pixels like ``trainer.data.train_hard``, so that
+    :meth:`Trainer.batch` moves it with the image."""
     data, augmenter = trainer.data, trainer.augmenter
     out = {name: torch.empty_like(data.train_hard) for name in trainer.teachers}
     bs = trainer.cfg.eval_batch_size or 2 * trainer.cfg.optim.batch_size
