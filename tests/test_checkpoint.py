@@ -15,6 +15,8 @@ from kdlandmark.errors import CheckpointError
 from kdlandmark.layouts import get_layout
 from kdlandmark.modelfile import ModelMeta
 from kdlandmark.modelfile.checkpoint import (
+    init_from_checkpoint,
+    is_checkpoint_path,
     load_checkpoint,
     read_model_meta,
     resolve_checkpoint_dir,
@@ -227,3 +229,36 @@ def test_model_meta_is_validated_once_and_reads_old_forms() -> None:
     for change, message in bad:
         with pytest.raises(CheckpointError, match=rf"x/model\.json: .*{message}"):
             ModelMeta.from_json({**base, **change}, "x/model.json", formats=("kdlandmark-checkpoint",))
+
+
+def test_init_from_checkpoint_copies_every_weight_and_keeps_new_heads(tmp_path) -> None:
+    trained, d = _save(tmp_path)
+    assert is_checkpoint_path(d) and is_checkpoint_path(str(d / "model.json"))
+    assert not is_checkpoint_path(tmp_path) and not is_checkpoint_path(True) and not is_checkpoint_path("")
+    fresh = _model(seed=1)
+    assert not torch.equal(fresh.head.weight, trained.head.weight)
+    meta = init_from_checkpoint(fresh, d)
+    assert meta.backbone == "mobilenetv2_050"
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    # a network with confidence heads: the shared part comes from the checkpoint, the heads stay as built
+    torch.manual_seed(2)
+    with_heads = LandmarkRegressor("mobilenetv2_050", 29, heads=("visibility", "error"), head_hidden=8)
+    built = {k: v.clone() for k, v in with_heads.state_dict().items()
+             if k.startswith(("visibility_head.", "error_head."))}
+    init_from_checkpoint(with_heads, d)
+    assert torch.equal(with_heads.head.weight, trained.head.weight)
+    assert built and all(torch.equal(with_heads.state_dict()[k], v) for k, v in built.items())
+    # and the other way: a checkpoint with heads starts a network without them
+    _, d2 = _save(tmp_path / "h", with_heads)
+    plain = _model(seed=3)
+    init_from_checkpoint(plain, d2)
+    assert torch.equal(plain.head.weight, trained.head.weight)
+
+
+def test_init_from_checkpoint_of_another_architecture_names_the_file(tmp_path) -> None:
+    _, d = _save(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.json.*29 points.*68"):
+        init_from_checkpoint(LandmarkRegressor("mobilenetv2_050", 68), d)
+    with pytest.raises(CheckpointError, match="resnet18"):
+        init_from_checkpoint(LandmarkRegressor("resnet18", 29), d)

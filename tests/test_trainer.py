@@ -230,6 +230,21 @@ def test_tough_run_learns_and_writes_its_folder(data, tmp_path) -> None:
         Trainer(cfg).fit()
 
 
+def test_training_starts_from_a_checkpoint_folder(data, tmp_path) -> None:
+    """``model.pretrained`` set to a checkpoint folder: fine-tuning starts from all of its weights."""
+    cfg = tiny_train_config(data, tmp_path / "first", role="tough")
+    cfg.optim.epochs = 1
+    Trainer(cfg).fit()
+    start, _ = load_checkpoint(tmp_path / "first" / "best")
+    cfg2 = tiny_train_config(data, tmp_path / "second", role="tough")
+    cfg2.model.pretrained = str(tmp_path / "first" / "best")
+    tr = Trainer(cfg2)
+    for k, v in start.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    cfg3 = tiny_train_config(data, tmp_path / "third", role="tough")
+    assert not torch.equal(Trainer(cfg3).model.head.weight, start.head.weight)  # the default starts afresh
+
+
 def test_tensorboard_and_validation_split(data, tmp_path) -> None:
     cfg = tiny_train_config(data, tmp_path / "run", tensorboard=True, val_split="test", num_val=3)
     cfg.optim.epochs = 1

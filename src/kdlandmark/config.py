@@ -308,7 +308,9 @@ class ModelConfig:
         input_size: side of the square model input in pixels (paper: 224).
         dropout: dropout before the linear head (paper's code: 0.5).
         pretrained: ``false`` (random init; the paper's student), ``true`` (ImageNet through timm;
-            needs network or cache) or a local ``.safetensors`` file of backbone weights.
+            needs network or cache), a local ``.safetensors`` file of backbone weights, or a kdlandmark
+            checkpoint folder (``model.json`` + ``model.safetensors``, e.g. a run's ``best/`` or the
+            shipped model's folder): the whole network starts from it, to fine-tune it.
         heads: per-landmark visibility and error outputs (:class:`HeadsConfig`; off by default).
     """
 

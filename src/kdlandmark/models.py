@@ -67,7 +67,8 @@ def _load_local_backbone_weights(backbone: nn.Module, path: Path, name: str) -> 
     wrong architecture is an error rather than a silent partial load.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        raise FileNotFoundError(f"pretrained weights file not found: {path} (pretrained takes a .safetensors "
+                                "file of backbone weights, or a checkpoint folder holding model.json)")
     if path.suffix != ".safetensors":
         raise ValueError(
             f"{path}: pretrained weights must be a .safetensors file (pickled .pth/.bin files are not "

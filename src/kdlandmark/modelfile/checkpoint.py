@@ -51,6 +51,8 @@ __all__ = [
     "read_model_meta",
     "load_checkpoint",
     "load_state_dict_file",
+    "is_checkpoint_path",
+    "init_from_checkpoint",
 ]
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -256,3 +258,46 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     model.to(device)
     model.eval()
     return model, meta
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning
+
+
+def is_checkpoint_path(value: Any) -> bool:
+    """Whether ``value`` (a config's ``model.pretrained``) names a model checkpoint: a folder holding
+    ``model.json`` (``best/``, the shipped model's folder) or that file itself."""
+    if isinstance(value, bool) or not isinstance(value, str | Path) or not str(value):
+        return False
+    p = Path(value)
+    return (p.is_dir() and (p / MODEL_META).is_file()) or (p.name == MODEL_META and p.is_file())
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> ModelMeta:
+    """Copy the weights of a checkpoint into a freshly built :class:`~kdlandmark.models.LandmarkRegressor`
+    of the same backbone and point count: training then starts from a trained model (fine-tuning the
+    shipped model on one's own data, or a further cycle of a run).  Confidence heads only one of the two
+    has start as built (the network's) or are left out (the checkpoint's); every other tensor must be
+    present with its shape.  The input size may differ (the networks pool globally).
+
+    Raises:
+        CheckpointError: the files are missing or corrupt, or they hold another architecture (naming
+            the file and both architectures).
+    """
+    from kdlandmark.config import HEAD_NAMES
+
+    meta_path, weights_path = model_checkpoint_files(path)
+    meta = read_model_meta(meta_path)
+    want = (getattr(model, "backbone_name", None), getattr(model, "num_points", None))
+    if (meta.backbone, meta.num_points) != want:
+        raise CheckpointError(meta_path, f"holds a {meta.backbone} with {meta.num_points} points, the "
+                                         f"network to train is a {want[0]} with {want[1]}: start from a "
+                                         "checkpoint of the same backbone and layout (model.backbone, the "
+                                         "dataset)")
+    state = load_state_dict_file(weights_path, "cpu", expected_bytes=meta.weights_bytes)
+    expected = model.state_dict()
+    heads = tuple(f"{h}_head." for h in HEAD_NAMES)
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(heads)}
+    _check_tensors(state, {k: v for k, v in expected.items() if k in state or not k.startswith(heads)},
+                   meta, weights_path)
+    model.load_state_dict(state, strict=False)
+    return meta

@@ -61,7 +61,7 @@ from kdlandmark.data.augment import BatchAugmenter
 from kdlandmark.data.store import view_scale
 from kdlandmark.evaluate.metrics import nme_per_image
 from kdlandmark.losses import error_nll, kd_loss, l2_loss, visibility_loss
-from kdlandmark.modelfile.checkpoint import load_checkpoint
+from kdlandmark.modelfile.checkpoint import init_from_checkpoint, is_checkpoint_path, load_checkpoint
 from kdlandmark.models import LandmarkRegressor, count_parameters
 from kdlandmark.train import checkpoint as ckpt
 from kdlandmark.train.distributed import DistContext, autocast_dtype, configure_backends, pick_device
@@ -189,9 +189,13 @@ def build_student(cfg: TrainConfig, num_points: int, device: torch.device, dist:
     """The network being trained, its EMA copy (``optim.ema_decay``) and the module the steps run (DDP,
     ``torch.compile``)."""
     heads = cfg.model.heads
-    model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points, pretrained=cfg.model.pretrained,
+    start = cfg.model.pretrained if is_checkpoint_path(cfg.model.pretrained) else None
+    model: nn.Module = LandmarkRegressor(cfg.model.backbone, num_points,
+                                         pretrained=False if start else cfg.model.pretrained,
                                          dropout=cfg.model.dropout, heads=heads.names,
                                          head_hidden=heads.hidden, detach_heads=heads.detach)
+    if start:  # a trained model's weights, all of them: fine-tuning
+        init_from_checkpoint(model, start)
     if cfg.batchnorm == "sync" and dist.enabled:
         if device.type != "cuda":
             raise ValueError("batchnorm 'sync' needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
