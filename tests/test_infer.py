@@ -29,7 +29,7 @@ from kdlandmark.infer.detect import (
     haar_available,
     make_detector,
 )
-from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker
+from kdlandmark.infer.landmarker import ANTIALIAS_BELOW, FaceLandmarks, Landmarker, to_bgr
 from kdlandmark.layouts import get_layout
 from kdlandmark.modelfile.checkpoint import model_meta, save_model_checkpoint
 from kdlandmark.models import LandmarkRegressor
@@ -254,6 +254,29 @@ def test_path_bgr_array_grey_and_pil_inputs_agree(tmp_path, checkpoint, face):
     assert lmk(grey)[0].landmarks.shape == (LAYOUT.num_points, 2)
     swapped = lmk(np.ascontiguousarray(img[:, :, ::-1]))            # RGB passed as BGR: a different input
     assert np.abs(swapped[0].landmarks - ref[0].landmarks).max() > 1e-4
+
+
+def test_a_photo_turned_by_its_exif_comes_upright_from_a_path_and_from_pil(tmp_path, checkpoint, face):
+    """Phones store portraits sideways with an EXIF orientation; a path and ``Image.open`` of the file
+    must give the model the same, upright pixels (and so the same landmarks)."""
+    from PIL import Image
+
+    img, _ = face
+    sideways = np.ascontiguousarray(np.rot90(img[:, :, ::-1], k=1))      # RGB, turned a quarter left
+    pil = Image.fromarray(sideways)
+    exif = pil.getexif()
+    exif[0x0112] = 6                                                    # "turn 90 degrees clockwise to show"
+    path = tmp_path / "portrait.jpg"
+    pil.save(path, exif=exif.tobytes(), quality=98)
+    lmk = Landmarker.from_checkpoint(checkpoint, detector="full")
+    from_path = to_bgr(path)
+    assert from_path.shape == img.shape
+    with Image.open(path) as opened:
+        assert opened.size == (img.shape[0], img.shape[1])             # PIL alone keeps it sideways
+        from_pil = to_bgr(opened)
+        faces_pil = lmk(opened)
+    np.testing.assert_array_equal(from_pil, from_path)
+    np.testing.assert_allclose(faces_pil[0].landmarks, lmk(path)[0].landmarks, atol=1e-4)
 
 
 def test_unreadable_image_and_bad_arrays_are_errors(tmp_path, checkpoint):

@@ -100,7 +100,11 @@ class FaceLandmarks:
 
 
 def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
-    """3-channel BGR uint8 of a path, a NumPy array (BGR, greyscale or BGRA) or a PIL image (RGB)."""
+    """3-channel BGR uint8 of a path, a NumPy array (BGR, greyscale or BGRA) or a PIL image (RGB).
+
+    A photo whose EXIF says it is to be shown turned (phones store portraits so) comes upright from a
+    path (OpenCV applies the orientation) and from a PIL image alike (``ImageOps.exif_transpose``, which
+    ``Image.open`` does not apply); an array is taken as it is."""
     if isinstance(image, str | Path):
         from kdlandmark.data.prepare import decode_image
 
@@ -110,7 +114,9 @@ def to_bgr(image: ImageLike, where: str = "image") -> np.ndarray:
 
         return as_bgr(image, where)  # DatasetError, a ValueError naming the image
     if hasattr(image, "convert") and hasattr(image, "size"):      # PIL.Image.Image
-        rgb = np.asarray(image.convert("RGB"))
+        from PIL import ImageOps
+
+        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     raise TypeError(f"{where}: expected a path, a NumPy array or a PIL image, got {type(image).__name__}")
 
