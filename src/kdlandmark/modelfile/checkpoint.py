@@ -293,7 +293,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> ModelMeta:
                                          f"network to train is a {want[0]} with {want[1]}: start from a "
                                          "checkpoint of the same backbone and layout (model.backbone, the "
                                          "dataset)")
-    state = load_state_dict_file(weights_path, "cpu", expected_bytes=meta.weights_bytes)
+    state = load_checkpoint(path)[0].state_dict()               # every check of loading, checksum included
     expected = model.state_dict()
     heads = tuple(f"{h}_head." for h in HEAD_NAMES)
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(heads)}
