@@ -281,7 +281,15 @@ def test_hair_strands_are_finite_and_bounded_wherever_the_crown_is(x, y, length,
     tex = _strands(np.random.default_rng(seed), 64, np.array([x, y]), length)
     assert tex.shape == (64, 64) and np.isfinite(tex).all()
     assert tex.min() >= 0.0 and tex.max() <= 1.0
-    assert float((tex <= 0.0).mean()) < 0.02      # no unfilled (black) corner of the polar map
+
+    class Flat:  # noise without strands: every pixel the polar map reaches is 0.5, one it misses 0
+        def random(self, shape: tuple[int, int]) -> np.ndarray:
+            return np.ones(shape)
+
+    flat = _strands(Flat(), 64, np.array([x, y]), length)  # type: ignore[arg-type]
+    # (not a count of dark pixels of the real texture: seen from a far crown, the picture spans a few
+    # rays, and one dark strand, the texture's clipped tail, can cover a few % of it)
+    assert flat.min() > 0.4, (flat.min(), np.argwhere(flat <= 0.4)[:3])
 
 
 def test_hair_covers_the_head_and_never_moves_a_landmark(pool) -> None:
