@@ -286,14 +286,14 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> ModelMeta:
     from kdlandmark.config import HEAD_NAMES
 
     meta_path, weights_path = model_checkpoint_files(path)
-    meta = read_model_meta(meta_path)
+    source, meta = load_checkpoint(meta_path)                   # every check of loading, checksum included
     want = (getattr(model, "backbone_name", None), getattr(model, "num_points", None))
     if (meta.backbone, meta.num_points) != want:
         raise CheckpointError(meta_path, f"holds a {meta.backbone} with {meta.num_points} points, the "
                                          f"network to train is a {want[0]} with {want[1]}: start from a "
                                          "checkpoint of the same backbone and layout (model.backbone, the "
                                          "dataset)")
-    state = load_checkpoint(path)[0].state_dict()               # every check of loading, checksum included
+    state = source.state_dict()
     expected = model.state_dict()
     heads = tuple(f"{h}_head." for h in HEAD_NAMES)
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(heads)}
