@@ -79,6 +79,10 @@ def real_face_figures(dest: Path, faces: Path, photos: Path) -> dict:
     return figures
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def finetune_record(model: Path) -> dict:
     """What the card keeps of a ``kdlandmark train`` fine-tune whose best checkpoint is ``model``: its
     config, its last epoch's metrics and the best validation NME (``metrics.csv``)."""
@@ -92,13 +96,10 @@ def finetune_record(model: Path) -> dict:
     rows = list(csv.DictReader((folder / "metrics.csv").open(encoding="utf-8")))
     if not rows:
         raise SystemExit(f"error: {folder / 'metrics.csv'}: no epoch recorded")
-    def read(path: Path) -> dict:
-        return json.loads(path.read_text(encoding="utf-8"))
-
-    start = read(model / "model.json")["train_config"]["model"]["pretrained"]
-    start_meta = Path(str(start)) / "model.json"
+    start = _read_json(model / "model.json")["train_config"]["model"]["pretrained"]
+    start_meta = Path(str(start)) / "model.json"         # the weights it started from, by their hash
     started_from = {"path": start,
-                    "sha256": read(start_meta)["weights"]["sha256"] if start_meta.is_file() else None}
+                    "sha256": _read_json(start_meta)["weights"]["sha256"] if start_meta.is_file() else None}
     return {"run": str(folder), "started_from": started_from,
             "config_yaml": (folder / "config.yaml").read_text(encoding="utf-8"),
             "epochs": len(rows), "best_val_nme_percent": 100 * min(float(r["val_nme"]) for r in rows),
