@@ -3,6 +3,7 @@
 #   docs/perf/realfaces/fresh_data/measure.sh docs/perf/realfaces/fresh_data runs/fts1-l2/best runs/shipped_before_fresh1
 # : $1 the output folder, $2 the L2 counterpart checkpoint, $3 the model shipped before, for the paired comparison).
 set -e
+trap 'echo "measure.sh: the step at line $LINENO failed (its log is under runs/msh)" >&2' ERR
 cd "$(dirname "$0")/../../../.."; source .venv/bin/activate
 D=$1; L2=$2; PREV=${3:-runs/shipped_before_fresh1}; M=src/kdlandmark/pretrained/kdlandmark-68
 mkdir -p $D
