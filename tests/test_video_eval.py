@@ -85,6 +85,7 @@ class ClipLandmarker:
         self.rng = np.random.default_rng(0)
         self.layout, self.max_faces, self.input_size, self.source = COFW, None, 16, "fake"
         self.runner = lambda x: np.zeros((len(x), 29, 2), np.float32)
+        self.snapped = []                       # the snap flag of each landmarks_in_boxes call
 
     def detect(self, frame):
         raise AssertionError("the simulated detector must be used")
@@ -102,8 +103,9 @@ class ClipLandmarker:
             out.append(FaceLandmarks(pred.astype(np.float32), tuple(b), 1.0, COFW))
         return out
 
-    def landmarks_in_boxes(self, frame, boxes):
-        return np.stack([f.landmarks for f in self.faces_in_boxes(frame, boxes)])
+    def landmarks_in_boxes(self, frame, boxes, snap=False):
+        self.snapped.append(snap)
+        return np.stack([f.landmarks for f in self.faces_in_boxes(frame, boxes, snap=snap)])
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,10 @@ def test_modes_detect_as_they_should_and_tracking_steadies_the_landmarks(clip):
     assert timing["calls"] == 29 and timing["tracking_ms"] > 0 and timing["face_ms"] > 0
     assert timing["ratio"] == pytest.approx(timing["tracking_ms"] / timing["model_ms"])
     assert timing["ratio_face"] == pytest.approx(timing["tracking_ms"] / timing["face_ms"])
+    # the floor is the per-face path with the tracker's snapped crop, timed as often as the others
+    assert lmk.snapped.count(True) == lmk.snapped.count(False) == 29
+    assert timing["floor_ms"] > 0
+    assert timing["ratio_floor"] == pytest.approx(timing["floor_ms"] / timing["model_ms"])
 
 
 def test_evaluate_video_command_writes_scores_and_a_plot(clip, tmp_path, capsys):

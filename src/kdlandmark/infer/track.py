@@ -30,6 +30,7 @@ same filter at a fixed cutoff (``beta = 0``).  Defaults: found on synthetic clip
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,33 +100,42 @@ class OneEuroFilter:
         return r / (r + 1.0)
 
     def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
-        value = np.asarray(x, dtype=np.float64)
+        """The filtered values at time ``t``, in ``x``'s floating dtype (float32 in, float32 out; the
+        state is kept in float64)."""
+        x = np.asarray(x)
+        out_dtype = np.result_type(x.dtype, np.float32)
         if self._x is None or self._t is None or self._dx is None:
-            self._x, self._dx, self._t = value.copy(), np.zeros_like(value), float(t)
-            return value.copy()
-        if value.shape != self._x.shape:
-            raise ValueError(f"One Euro filter: values of shape {value.shape} after {self._x.shape}")
+            self._x, self._t = x.astype(np.float64), float(t)
+            self._dx = np.zeros_like(self._x)
+            return self._x.astype(out_dtype)
+        if x.shape != self._x.shape:
+            raise ValueError(f"One Euro filter: values of shape {x.shape} after {self._x.shape}")
         dt = float(t) - self._t
         if not dt > 0:
             raise ValueError(f"One Euro filter: time must increase (got {t} after {self._t})")
-        # The per-frame path of video tracking: plain-float factors, few temporaries, in place.
+        # The per-frame path of video tracking (after the model has run, every cache is cold and each
+        # NumPy call counts): plain-float factors, few calls, in place.
         w = 2.0 * np.pi * dt
         a_d = w * self.d_cutoff / (w * self.d_cutoff + 1.0)
-        diff = value - self._x
+        diff = np.subtract(x, self._x)
         dx = self._dx
-        dx += a_d * (diff * (1.0 / dt) - dx)
+        dx *= 1.0 - a_d                              # dx += a_d * (diff / dt - dx)
+        dx += diff * (a_d / dt)
         if self.beta == 0:
             a: np.ndarray | float = w * self.min_cutoff / (w * self.min_cutoff + 1.0)
         else:
-            flat = dx.reshape(len(dx), -1)
-            r = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+            if dx.ndim == 2 and dx.shape[1] == 2:    # the speed of each point: the norm of its derivative
+                r = np.hypot(dx[:, 0], dx[:, 1])
+            else:
+                flat = dx.reshape(len(dx), -1)
+                r = np.sqrt(np.einsum("ij,ij->i", flat, flat))
             r *= w * self.beta / max(float(scale), 1e-12)
             r += w * self.min_cutoff
-            a = (r / (r + 1.0)).reshape((len(r),) + (1,) * (value.ndim - 1))
+            a = (r / (r + 1.0)).reshape((len(r),) + (1,) * (x.ndim - 1))
         diff *= a
         self._x += diff
         self._t = float(t)
-        return self._x.copy()
+        return self._x.astype(out_dtype)
 
 
 def scene_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,7 +164,7 @@ def _points_box(points: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _side(box: Sequence[float]) -> float:
-    return float(max(np.sqrt(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)), 1e-6))
+    return max(math.sqrt(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)), 1e-6)
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,7 @@ class TrackEvent:
 
 @dataclass
 class _Track:
-    box: np.ndarray                         # crop box for the next frame (landmark-box convention)
+    box: tuple[float, float, float, float]  # crop box for the next frame (landmark-box convention)
     filters: list[OneEuroFilter] = field(default_factory=list)
     score: float = 1.0
 
@@ -252,7 +262,8 @@ class FaceTracker:
         prev, self._thumb = self._thumb, thumb
         return prev is not None and self.scene_cut > 0 and scene_difference(prev, thumb) > self.scene_cut
 
-    def _lost(self, face: Any, crop_box: np.ndarray | None, box: tuple[float, float, float, float]) -> str:
+    def _lost(self, face: Any, crop_box: tuple[float, float, float, float] | None,
+              box: tuple[float, float, float, float]) -> str:
         """Why a tracked face counts as lost ('' if it does not); ``box``: its landmark box."""
         lm = face.landmarks
         w, h = self.frame_size or (0, 0)
@@ -264,8 +275,8 @@ class FaceTracker:
         side = _side(box)
         if crop_box is not None:
             ref = _side(crop_box)
-            shift = np.hypot((box[0] + box[2] - crop_box[0] - crop_box[2]) / 2,
-                             (box[1] + box[3] - crop_box[1] - crop_box[3]) / 2) / ref
+            shift = math.hypot((box[0] + box[2] - crop_box[0] - crop_box[2]) / 2,
+                               (box[1] + box[3] - crop_box[1] - crop_box[3]) / 2) / ref
             ratio = side / ref
             if shift > self.max_jump or not 1 / (1 + self.max_jump) <= ratio <= 1 + self.max_jump:
                 return f"landmark box jumped ({shift:.2f} of the face size, size x{ratio:.2f})"
@@ -281,23 +292,23 @@ class FaceTracker:
         dets = self.landmarker.detect(frame)
         return [(np.asarray(b, np.float64), float(s)) for b, s in dets]
 
-    def _new_track(self, box: np.ndarray, score: float) -> _Track:
+    def _new_track(self, box: Sequence[float], score: float) -> _Track:
+        x0, y0, x1, y1 = (float(v) for v in box)
         n = 3 if self.smooth else 0            # landmarks, and the two confidence outputs
         filters = [OneEuroFilter(*self.filter_args) if k == 0 else
                    OneEuroFilter(self.filter_args[0], 0.0, self.filter_args[2]) for k in range(n)]
-        return _Track(box=box, filters=filters, score=score)
+        return _Track(box=(x0, y0, x1, y1), filters=filters, score=score)
 
     def _finish(self, track: _Track, face: Any, box: tuple[float, float, float, float], t: float) -> Any:
         """Smooth the face's outputs, set its next crop box, return the face to report (its ``box``: the
         crop box of this frame).  ``box``: the landmark box of ``face``'s (raw) landmarks."""
         if not self.smooth:
-            track.box = np.asarray(box, np.float64)
+            track.box = box
             return dataclasses.replace(face, score=track.score)
-        landmarks = track.filters[0](face.landmarks, t, _side(box)).astype(np.float32)
-        conf = [None if getattr(face, name) is None else
-                track.filters[k](getattr(face, name)[:, None], t)[:, 0].astype(np.float32)
+        landmarks = track.filters[0](face.landmarks, t, _side(box))           # float32, as the model's
+        conf = [None if (v := getattr(face, name)) is None else track.filters[k](v[:, None], t)[:, 0]
                 for k, name in ((1, "visibility"), (2, "error"))]
-        track.box = np.asarray(_points_box(landmarks) if self.crop_from == "smoothed" else box, np.float64)
+        track.box = _points_box(landmarks) if self.crop_from == "smoothed" else box
         return type(face)(landmarks, face.box, track.score, face.layout, visibility=conf[0], error=conf[1])
 
     def update(self, frame: np.ndarray, t: float | None = None,
@@ -318,7 +329,7 @@ class FaceTracker:
             self.events.append(TrackEvent(i, "cut"))
             self.tracks, why = [], "cut"
         if self.tracks:
-            faces = self.landmarker.faces_in_boxes(frame, np.stack([tr.box for tr in self.tracks]),
+            faces = self.landmarker.faces_in_boxes(frame, np.array([tr.box for tr in self.tracks]),
                                                    snap=self.snap, flip=self.flip)
             kept = []
             for tr, face in zip(self.tracks, faces, strict=True):

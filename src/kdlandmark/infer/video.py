@@ -178,25 +178,30 @@ def time_tracking(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTrut
     frames: (1) the model alone on a ready batch of one crop (``runner``: the backend's own call, as
     ``kdlandmark bench infer`` times "model-only"); (2) one face per frame through
     :meth:`Landmarker.landmarks_in_boxes` with its true landmark box (crop, normalise, model, map back:
-    frame-by-frame inference without the detector); (3) one :meth:`FaceTracker.update` per frame (the
+    frame-by-frame inference without the detector); (3) the same with the crop snapped to whole pixels
+    as the tracker cuts it (``snap=True``): the least a tracker built on this landmarker does per
+    frame, whatever its own logic costs (``floor``); (4) one :meth:`FaceTracker.update` per frame (the
     first frame, which detects, is the untimed warm-up; detection uses the ground-truth box, so no
-    detector cost enters).  (2) and (3) read a new frame at every call, as a video does.  Returns the
-    medians (ms) and the ratios of (3) to (1) and to (2), pooled over the rounds.
+    detector cost enters).  (2) to (4) read a new frame at every call, as a video does.  Returns the
+    medians (ms), the ratios of (4) to (1) and to (2), and of (3) to (1), pooled over the rounds.
     """
     gt = truth.landmarks[landmarker.layout.name]
     boxes = [[landmark_box(g)] for g in gt]                          # outside the timed calls
     s = landmarker.input_size
     x = np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32)
-    model_ms, face_ms, track_ms = [], [], []
+    model_ms, face_ms, floor_ms, track_ms = [], [], [], []
     for _ in range(rounds):
         m = time_calls(lambda: landmarker.runner(x), runs=len(frames) - 1, warmup=3)
-        it_face = iter(range(1, len(frames)))
+        timed_faces = []
+        for snap in (False, True):
+            it_face = iter(range(1, len(frames)))
 
-        def face(i: Any = it_face) -> None:
-            t = next(i, 1)
-            landmarker.landmarks_in_boxes(frames[t], boxes[t])
+            def face(i: Any = it_face, snap: bool = snap) -> None:
+                t = next(i, 1)
+                landmarker.landmarks_in_boxes(frames[t], boxes[t], snap=snap)
 
-        f = time_calls(face, runs=len(frames) - 1, warmup=0)
+            timed_faces.append(time_calls(face, runs=len(frames) - 1, warmup=0))
+        f, fl = timed_faces
         tracker = FaceTracker(landmarker, fps=truth.fps, max_faces=1)
         it = iter(range(len(frames)))
 
@@ -207,12 +212,15 @@ def time_tracking(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTrut
         tt = time_calls(step, runs=len(frames) - 1, warmup=1)
         model_ms.extend(m.times_ms)
         face_ms.extend(f.times_ms)
+        floor_ms.extend(fl.times_ms)
         track_ms.extend(tt.times_ms)
-    med_model, med_face, med_track = (float(np.median(v)) for v in (model_ms, face_ms, track_ms))
-    return {"model_ms": med_model, "face_ms": med_face, "tracking_ms": med_track,
+    med_model, med_face, med_floor, med_track = (float(np.median(v))
+                                                 for v in (model_ms, face_ms, floor_ms, track_ms))
+    return {"model_ms": med_model, "face_ms": med_face, "floor_ms": med_floor, "tracking_ms": med_track,
             "ratio": med_track / med_model, "ratio_face": med_track / med_face,
+            "ratio_floor": med_floor / med_model,
             "model_mean_ms": float(np.mean(model_ms)), "face_mean_ms": float(np.mean(face_ms)),
-            "tracking_mean_ms": float(np.mean(track_ms)),
+            "floor_mean_ms": float(np.mean(floor_ms)), "tracking_mean_ms": float(np.mean(track_ms)),
             "calls": len(track_ms), "backend": getattr(landmarker.runner, "name", "?"),
             "input_size": s, "cpu": platform.processor() or platform.machine()}
 
@@ -315,4 +323,8 @@ def format_video_table(result: dict) -> str:
                      f"{t['tracking_ms']:.3f} ms; model alone {t['model_ms']:.3f} ms: {t['ratio']:.3f}x; "
                      f"a face in a given box (crop, model, map back) {t['face_ms']:.3f} ms: "
                      f"{t['ratio_face']:.3f}x")
+        if "floor_ms" in t:
+            lines.append(f"floor of any tracker on this landmarker (the snapped crop of a new frame, model, "
+                         f"map back; no tracker logic) {t['floor_ms']:.3f} ms: {t['ratio_floor']:.3f}x the "
+                         f"model alone")
     return "\n".join(lines)
