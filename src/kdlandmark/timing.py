@@ -4,7 +4,9 @@ Every figure the package measures goes through :func:`time_calls`: the evaluator
 (:func:`kdlandmark.evaluate.evaluator.measure_latency`) and the benchmarks of :mod:`kdlandmark.bench`
 (synthesis, prepare, augmentation, training steps, inference).  Work that runs asynchronously (CUDA)
 passes ``sync``, called after the warm-up and after the last call only, so calls may overlap as they
-do in real use; the total then covers all of their work.  Imports nothing heavy.
+do in real use; the total then covers all of their work.  Work to be compared as a ratio on a noisy
+machine goes through :func:`time_interleaved`: one call of each in turn, so a slow spell of the machine
+falls on all of them alike.  Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Timing", "time_calls"]
+__all__ = ["Timing", "time_calls", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +90,25 @@ def time_calls(fn: Callable[[], Any], *, runs: int = 1, warmup: int = 0, max_sec
     if sync is not None:
         sync()
     return Timing(times, clock() - start)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: int = 0,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
+    """Time ``runs`` calls of each function of ``fns``, interleaved: each step calls every function
+    once, in an order rotated by one at each step (each function takes the first place, the second,
+    ... in turn), after ``warmup`` untimed steps in the given order.  Returns a :class:`Timing` per
+    name (``total_s``: the sum of its calls)."""
+    names = list(fns)
+    if not names:
+        raise ValueError("time_interleaved: no functions to time")
+    for _ in range(max(0, warmup)):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for step in range(runs):
+        k = step % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = clock()
+            fns[name]()
+            times[name].append(1000.0 * (clock() - t0))
+    return {name: Timing(ts, sum(ts) / 1000.0) for name, ts in times.items()}

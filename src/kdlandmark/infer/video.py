@@ -42,7 +42,7 @@ from kdlandmark.infer.track import (
     FaceTracker,
     OneEuroFilter,
 )
-from kdlandmark.timing import time_calls
+from kdlandmark.timing import time_interleaved
 
 __all__ = ["MODES", "TRUTH_JITTER", "ClipRun", "read_frames", "find_clips", "jittered_truth_boxes",
            "run_clip", "evaluate_videos", "time_tracking", "tune_one_euro", "format_video_table"]
@@ -171,49 +171,51 @@ def _box_side(lm: np.ndarray) -> float:
 
 def time_tracking(landmarker: Any, frames: Sequence[np.ndarray], truth: ClipTruth, *, rounds: int = 3
                   ) -> dict:
-    """Per-frame cost of tracking + smoothing against the model alone and against the landmarks of a
-    face in a given box, timed in one run, interleaved.
+    """Per-frame cost of tracking + smoothing against the model alone, against the landmarks of a face
+    in a given box, and the floor of any tracker, timed in one run, interleaved call by call.
 
-    Each round times, with :func:`kdlandmark.timing.time_calls`, for as many calls as the clip has
-    frames: (1) the model alone on a ready batch of one crop (``runner``: the backend's own call, as
-    ``kdlandmark bench infer`` times "model-only"); (2) one face per frame through
-    :meth:`Landmarker.landmarks_in_boxes` with its true landmark box (crop, normalise, model, map back:
-    frame-by-frame inference without the detector); (3) the same with the crop snapped to whole pixels
-    as the tracker cuts it (``snap=True``): the least a tracker built on this landmarker does per
-    frame, whatever its own logic costs (``floor``); (4) one :meth:`FaceTracker.update` per frame (the
-    first frame, which detects, is the untimed warm-up; detection uses the ground-truth box, so no
-    detector cost enters).  (2) to (4) read a new frame at every call, as a video does.  Returns the
+    Each round times, with :func:`kdlandmark.timing.time_interleaved` (one call of each in turn, the
+    order rotated at every step, so a slow spell of the machine falls on all four alike), as many steps
+    as the clip has frames after the first: (1) the model alone on a ready batch of one crop
+    (``runner``: the backend's own call, as ``kdlandmark bench infer`` times "model-only"); (2) one face
+    through :meth:`Landmarker.landmarks_in_boxes` with its true landmark box (crop, normalise, model,
+    map back: frame-by-frame inference without the detector); (3) the same with the crop snapped to
+    whole pixels as the tracker cuts it (``snap=True``): the least a tracker built on this landmarker
+    does per frame, whatever its own logic costs (``floor``); (4) one :meth:`FaceTracker.update` of the
+    next frame (the first frame, which detects, is an untimed warm-up; detection uses the ground-truth
+    box, so no detector cost enters).  (2) to (4) read a new frame at every call, as a video does, and
+    never the frame another of them read in the same step (a third of the clip apart).  Returns the
     medians (ms), the ratios of (4) to (1) and to (2), and of (3) to (1), pooled over the rounds.
     """
     gt = truth.landmarks[landmarker.layout.name]
     boxes = [[landmark_box(g)] for g in gt]                          # outside the timed calls
     s = landmarker.input_size
     x = np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32)
-    model_ms, face_ms, floor_ms, track_ms = [], [], [], []
+    n = len(frames) - 1                                              # timed steps per round
+    times: dict[str, list[float]] = {"model": [], "face": [], "floor": [], "tracking": []}
     for _ in range(rounds):
-        m = time_calls(lambda: landmarker.runner(x), runs=len(frames) - 1, warmup=3)
-        timed_faces = []
-        for snap in (False, True):
-            it_face = iter(range(1, len(frames)))
-
-            def face(i: Any = it_face, snap: bool = snap) -> None:
-                t = next(i, 1)
-                landmarker.landmarks_in_boxes(frames[t], boxes[t], snap=snap)
-
-            timed_faces.append(time_calls(face, runs=len(frames) - 1, warmup=0))
-        f, fl = timed_faces
+        for _ in range(3):
+            landmarker.runner(x)                                     # warm-up
         tracker = FaceTracker(landmarker, fps=truth.fps, max_faces=1)
-        it = iter(range(len(frames)))
+        tracker.update(frames[0], boxes=boxes[0])
+        step = iter(range(n))
+        face_at = iter(range(n))
+        floor_at = iter(range(n))
 
-        def step(tr: FaceTracker = tracker, i: Any = it) -> None:
-            t = next(i)
+        def face(k: Any = face_at, snap: bool = False, offset: int = n // 3) -> None:
+            t = 1 + (next(k) + offset) % n
+            landmarker.landmarks_in_boxes(frames[t], boxes[t], snap=snap)
+
+        def track(k: Any = step, tr: FaceTracker = tracker) -> None:
+            t = 1 + next(k)
             tr.update(frames[t], boxes=boxes[t])
 
-        tt = time_calls(step, runs=len(frames) - 1, warmup=1)
-        model_ms.extend(m.times_ms)
-        face_ms.extend(f.times_ms)
-        floor_ms.extend(fl.times_ms)
-        track_ms.extend(tt.times_ms)
+        timed = time_interleaved({
+            "model": lambda: landmarker.runner(x), "face": face,
+            "floor": lambda k=floor_at: face(k, True, 2 * n // 3), "tracking": track}, runs=n)
+        for name, timing in timed.items():
+            times[name].extend(timing.times_ms)
+    model_ms, face_ms, floor_ms, track_ms = (times[k] for k in ("model", "face", "floor", "tracking"))
     med_model, med_face, med_floor, med_track = (float(np.median(v))
                                                  for v in (model_ms, face_ms, floor_ms, track_ms))
     return {"model_ms": med_model, "face_ms": med_face, "floor_ms": med_floor, "tracking_ms": med_track,
