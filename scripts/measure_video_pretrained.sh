@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The shipped model on the reported synthetic clips (docs/INFERENCE.md, "Video"): NME per frame, jitter,
 # detector runs, and the per-frame cost of tracking against the model alone and against the floor of
-# any tracker (the snapped per-face path), through ONNX Runtime and PyTorch, one thread each.  About two
-# minutes on 2 cores (three runs per backend); run it with nothing else running (the per-frame cost is timed).
+# any tracker (the snapped per-face path), through ONNX Runtime and PyTorch, one thread each.  About
+# two minutes on 2 cores (three runs per backend); run it with nothing else running (the per-frame cost
+# is timed).
 #
 #   scripts/measure_video_pretrained.sh [OUT_DIR] [RUNS]   # default docs/perf/issue12, 3 runs per backend
 #
