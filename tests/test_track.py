@@ -92,6 +92,20 @@ def test_it_smooths_a_still_point_and_follows_a_moving_one_faster_with_beta(min_
     assert np.abs(np.diff(smoothed, axis=0)).mean() < np.abs(np.diff(noise, axis=0)).mean()
 
 
+@settings(max_examples=30, deadline=None)
+@given(sequences, params)
+def test_the_output_keeps_a_float32_input_in_float32_and_filters_it_as_float64(seq, p):
+    values, gaps = seq
+    times = _times(len(values), gaps)
+    v32 = values.astype(np.float32)
+    f32, f64 = OneEuroFilter(*p), OneEuroFilter(*p)
+    for v, t in zip(v32, times, strict=True):
+        a, b = f32(v, t), f64(v.astype(np.float64), t)
+        assert a.dtype == np.float32 and b.dtype == np.float64
+        np.testing.assert_array_equal(a, b.astype(np.float32))      # the state itself is float64
+    assert OneEuroFilter()(np.arange(4).reshape(2, 2), 0.0).dtype == np.float64   # integers: float64
+
+
 def test_bad_filter_settings_and_times_are_refused():
     with pytest.raises(ValueError, match="min_cutoff"):
         OneEuroFilter(0.0, 1.0)
