@@ -105,10 +105,26 @@ def _cmd_synth(sub: argparse._SubParsersAction) -> None:
                    help="how far the key poses move from the first one (0 still .. 1)")
     v.add_argument("--cuts", action="store_true", help="a scene cut (another face) mid-clip")
     v.add_argument("--exits", action="store_true", help="the face slides out of the picture near the end")
+    v.add_argument("--from-photos", type=Path, default=None, metavar="DIR",
+                   help="one clip per labelled photo of DIR (images with .pts files): the real face moved in "
+                        "the image plane (size, position, roll), fresh sensor noise per frame; --count: the "
+                        "first N photos (default all); --cuts and --exits do not apply")
 
     def run(a: argparse.Namespace) -> int:
         from kdlandmark.data import synth
 
+        if a.video and a.from_photos is not None:
+            from kdlandmark.data.synth.photo_video import photo_videos
+            from kdlandmark.data.synth.video import format_video_summary
+
+            if a.cuts or a.exits:
+                raise UserError("--cuts and --exits are for rendered clips, not --from-photos")
+            summary = photo_videos(a.from_photos, a.out, count=a.count, seed=a.seed, frames=a.frames,
+                                   size=a.size, fps=a.fps, key_every=a.key_every, motion=a.motion)
+            print(format_video_summary(summary))
+            return 0
+        if a.from_photos is not None:
+            raise UserError("--from-photos makes video clips: add --video")
         if a.video:
             from kdlandmark.data.synth.video import format_video_summary, synthesize_videos
 
