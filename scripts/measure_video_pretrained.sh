@@ -9,7 +9,11 @@
 #
 # Writes OUT_DIR/video_pretrained-{onnx,torch}.json (the metrics of the run whose tracking/model ratio is
 # the median of RUNS, per-frame series left out) and OUT_DIR/video_pretrained-cost.txt (every run's cost
-# line, so the spread between runs is on record).  Env: PY (python), CLIPS (default runs/clips6).
+# line, so the spread between runs is on record).  Then, where the real development faces are beside the
+# project (PHOTOS, default ../shared/realfaces/faces), one clip per face moved in the image plane
+# (kdlandmark synth --video --from-photos) scored with the simulated detector and with MTCNN, no timing
+# (about 5 more minutes): OUT_DIR/photoclips/video_{truth-jitter,mtcnn}.json and the MTCNN plot of the
+# first clip.  Env: PY (python), CLIPS (default runs/clips6), PHOTO_CLIPS (default runs/photoclips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -44,3 +48,20 @@ json.dump(d, open(dest, "w"), indent=1)
 PYEOF
 done
 cat "$OUT/video_pretrained-cost.txt"
+
+PHOTOS=${PHOTOS:-../shared/realfaces/faces}; PHOTO_CLIPS=${PHOTO_CLIPS:-runs/photoclips}
+if [ ! -d "$PHOTOS" ]; then
+  echo "no real faces at $PHOTOS: the photo clips are skipped"; exit 0
+fi
+[ -d "$PHOTO_CLIPS" ] || $PY -m kdlandmark synth --video --from-photos "$PHOTOS" --frames 150 --size 256 \
+  --out "$PHOTO_CLIPS" > /dev/null
+mkdir -p "$OUT/photoclips"
+for det in truth-jitter mtcnn; do
+  plot=(); [ "$det" = mtcnn ] && plot=(--plot "$OUT/photoclips/video_mtcnn_clip000.png")
+  $PY -m kdlandmark evaluate --model "$M/model.onnx" --backend onnx --video "$PHOTO_CLIPS" --detector "$det" \
+    --no-timing --out "$TMP/photo-$det" "${plot[@]}" 2>/dev/null | tail -6
+  $PY -c "import json,sys; d=json.load(open(sys.argv[1]));\
+[m.update(series=None) for c in d['clips'] for m in c['modes'].values()];\
+json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$TMP/photo-$det/video_metrics.json" \
+    "$OUT/photoclips/video_$det.json"
+done
