@@ -13,7 +13,8 @@
 # project (PHOTOS, default ../shared/realfaces/faces), one clip per face moved in the image plane
 # (kdlandmark synth --video --from-photos) scored with the simulated detector and with MTCNN, no timing
 # (the whole script: 5 min 13 s here with the clips already made; making them takes 25 s more):
-# OUT_DIR/photoclips/video_{truth-jitter,mtcnn}.json and the MTCNN plot of the first clip.  Env: PY (python), CLIPS (default runs/clips6), PHOTO_CLIPS (default runs/photoclips).
+# OUT_DIR/photoclips/video_{truth-jitter,mtcnn}.json and the MTCNN plot of the first clip.
+# Env: PY (python), CLIPS (default runs/clips6), PHOTOS, PHOTO_CLIPS (default runs/photoclips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
