@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from kdlandmark.data.formats._common import decode_image
 from kdlandmark.data.samples import DatasetError
-from kdlandmark.data.synth.video import VideoClip, _key_times, smoothstep, write_clip
+from kdlandmark.data.synth.video import VideoClip, _check_keys, _key_blend, _key_times, write_clip
 from kdlandmark.layouts import layout_for_points
 
 __all__ = ["PHOTO_FACE_FRACTION", "PHOTO_SHIFT", "PHOTO_ROLL", "PHOTO_NOISE", "photo_affines", "photo_clip",
@@ -51,8 +51,7 @@ def photo_affines(landmarks: np.ndarray, frames: int, *, seed: int | tuple[int, 
     adds; a function of ``seed`` and the landmarks' box alone."""
     if frames < 1 or size < 32:
         raise ValueError(f"a photo clip needs at least one frame and 32 pixels, got {frames} and {size}")
-    if key_every <= 0 or not 0.0 <= motion <= 1.0:
-        raise ValueError(f"key_every must be > 0 and motion in [0, 1], got {key_every} and {motion}")
+    _check_keys(key_every, motion)
     lm = np.asarray(landmarks, np.float64)
     lo, hi = lm.min(axis=0), lm.max(axis=0)
     centre, side = (lo + hi) / 2.0, max(float((hi - lo).max()), 1.0)
@@ -69,8 +68,7 @@ def photo_affines(landmarks: np.ndarray, frames: int, *, seed: int | tuple[int, 
     rolls = np.empty(frames)
     mid = (size - 1) / 2.0
     for t in range(frames):
-        k = min(int(np.searchsorted(times, t, side="right")) - 1, len(times) - 2)
-        w = float(smoothstep((t - times[k]) / (times[k + 1] - times[k])))
+        k, w = _key_blend(times, t)
         frac, dx, dy, roll = (1.0 - w) * keys[k] + w * keys[k + 1]
         a = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(roll), frac * size / side)
         a[:, 2] += (mid + dx * size - centre[0], mid + dy * size - centre[1])

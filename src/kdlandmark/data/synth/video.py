@@ -113,6 +113,17 @@ def _key_times(rng: np.random.Generator, frames: int, key_every: float) -> np.nd
     return np.asarray(times)
 
 
+def _check_keys(key_every: float, motion: float) -> None:
+    if key_every <= 0 or not 0.0 <= motion <= 1.0:
+        raise ValueError(f"key_every must be > 0 and motion in [0, 1], got {key_every} and {motion}")
+
+
+def _key_blend(times: np.ndarray, t: int) -> tuple[int, float]:
+    """The key ``k`` at or before frame ``t`` and the smoothstep weight of key ``k + 1`` there."""
+    k = min(int(np.searchsorted(times, t, side="right")) - 1, len(times) - 2)
+    return k, float(smoothstep((t - times[k]) / (times[k + 1] - times[k])))
+
+
 def _segment(entropy: Sequence[int], frames: int, size: int, key_every: float, motion: float) -> list[Scene]:
     """``frames`` scenes of one face moving between key scenes (see the module)."""
     rng = np.random.default_rng([*entropy, 0])
@@ -126,9 +137,7 @@ def _segment(entropy: Sequence[int], frames: int, size: int, key_every: float, m
     noise = rng.integers(2**31, size=frames)
     scenes = []
     for t in range(frames):
-        k = int(np.searchsorted(times, t, side="right")) - 1
-        k = min(k, len(times) - 2)
-        w = float(smoothstep((t - times[k]) / (times[k + 1] - times[k])))
+        k, w = _key_blend(times, t)
         g = {name: (1.0 - w) * keys[k][name] + w * keys[k + 1][name] for name in g0}
         scenes.append(_with_geometry(base, g, int(noise[t])))
     return scenes
@@ -166,8 +175,7 @@ def clip_scenes(seed: int, frames: int, *, size: int = 256, key_every: float = 4
     """
     if frames < 1:
         raise ValueError(f"a clip needs at least one frame, got {frames}")
-    if key_every <= 0 or not 0.0 <= motion <= 1.0:
-        raise ValueError(f"key_every must be > 0 and motion in [0, 1], got {key_every} and {motion}")
+    _check_keys(key_every, motion)
     for name, at in (("cut_at", cut_at), ("exit_at", exit_at)):
         if at is not None and not 0 < at < frames:
             raise ValueError(f"{name} must lie in (0, {frames}), got {at}")
